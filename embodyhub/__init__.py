@@ -1,0 +1,23 @@
+"""embodyhub: cross-embodiment World-Action Models on the Hugging Face stack, driven by your robot's URDF."""
+
+from .errors import (
+    EmbodimentMismatchError,
+    EmbodyHubError,
+    InvalidActionError,
+    KinematicsError,
+    URDFError,
+)
+from .kinematics import KinematicChain, RobotModel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EmbodimentMismatchError",
+    "EmbodyHubError",
+    "InvalidActionError",
+    "KinematicChain",
+    "KinematicsError",
+    "RobotModel",
+    "URDFError",
+    "__version__",
+]
