@@ -20,13 +20,14 @@ from torch import Tensor
 
 from ..errors import EmbodimentMismatchError, URDFError
 from ..kinematics import KinematicChain, RobotModel
-from ..kinematics.chain import sample_uniform
+from ..kinematics.chain import finite_range, sample_uniform
 
 CARD_NAME = "embodiment.json"
 URDF_NAME = "robot.urdf"
 CARD_FORMAT = "embodyhub.embodiment/v1"
 ActionRepresentation = Literal["absolute", "delta", "relative"]
 REPRESENTATIONS = ("absolute", "delta", "relative")
+JOINT_FEATURES = 17  # width of Embodiment.joint_features()
 
 
 @dataclass(frozen=True)
@@ -284,6 +285,36 @@ class Embodiment:
         if not torch.isfinite(q).all():
             raise InvalidActionError(f"{what} contains NaN or infinite values")
         return q
+
+    def joint_features(self) -> Tensor:
+        """Per-joint body description ``[dof, JOINT_FEATURES]`` (float32) for the model's embodiment tokens.
+
+        Built from the URDF alone (joint type, role, axis and origin in the arm base frame at q = 0,
+        limits, velocity limit, depth in the chain), so an unseen robot still gets a description.
+        """
+        rows = []
+        for name in self.joint_names:
+            joint = self.robot.joints[name]
+            arm = next((i for i, c in enumerate(self.chains) if name in c.joint_names), None)
+            gripper = next((g.arm for g in self.grippers if g.joint == name), None)
+            kind = [joint.type == "revolute", joint.type == "continuous", joint.type == "prismatic"]
+            role = [arm == 0, arm == 1, gripper == 0, gripper == 1]
+            owner = arm if arm is not None else gripper
+            chain = self.chains[owner]  # type: ignore[index]
+            path = self.robot.path(chain.base_link, joint.child)
+            origin = chain.robot.chain(chain.base_link, joint.child)
+            T = origin.forward_kinematics(torch.zeros(origin.dof, dtype=torch.float64))
+            axis = T[:3, :3] @ torch.tensor(joint.axis, dtype=torch.float64)
+            i = self.joint_names.index(name)
+            lo, hi = (float(v) for v in finite_range(self.lower[i : i + 1], self.upper[i : i + 1]))
+            vel = float(self.velocity_limit[i])
+            rows.append(
+                [float(v) for v in kind + role]
+                + axis.tolist()
+                + T[:3, 3].tolist()
+                + [lo / math.pi, hi / math.pi, math.log1p(vel) if math.isfinite(vel) else 5.0, len(path) / 10]
+            )
+        return torch.tensor(rows, dtype=torch.float32)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` native configurations uniform within limits (continuous joints in [-pi, pi]), float64."""

@@ -234,7 +234,7 @@ class KinematicChain:
         max_iters: int = 25,
         tol_pos: float = 1e-3,
         tol_rot: float = 1e-3,
-        restarts: int = 20,
+        restarts: int = 30,
         seed: int | None = None,
     ) -> "IKResult":
         """Batched damped-least-squares IK within joint limits; see ``embodyhub.kinematics.ik``."""

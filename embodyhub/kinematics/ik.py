@@ -53,7 +53,7 @@ def inverse_kinematics(
     max_iters: int = 25,
     tol_pos: float = 1e-3,
     tol_rot: float = 1e-3,
-    restarts: int = 20,
+    restarts: int = 30,
     seed: int | None = None,
 ) -> IKResult:
     """Solve ``chain.forward_kinematics(q) ≈ T_target`` for every pose in the batch ``T_target[..., 4, 4]``."""
@@ -99,12 +99,14 @@ def inverse_kinematics(
         T, J = chain.forward_kinematics_with_jacobian(q)
         e = pose_error(T, targets[owner])
         pe, re = e[:, :3].norm(dim=-1), e[:, 3:].norm(dim=-1)
-        cost = pe / tol_pos + re / tol_rot
+        solved = (pe <= tol_pos) & (re <= tol_rot)
+        # Any solved iterate beats any unsolved one, so the returned q always matches ``success``.
+        cost = torch.where(solved, 0.0, 2.0) + (pe / tol_pos + re / tol_rot).clamp_max(1e9) * torch.where(solved, 1e-9, 1.0)
         lowest = best_cost.scatter_reduce(0, owner, cost, "amin")
         win = (cost < best_cost[owner]) & (cost == lowest[owner])
         idx = owner[win]
         best_cost[idx], best_q[idx], pos_err[idx], rot_err[idx] = cost[win], q[win], pe[win], re[win]
-        success[owner[(pe <= tol_pos) & (re <= tol_rot)]] = True
+        success[owner[solved]] = True
 
         # Levenberg-Marquardt step; joints pinned at a limit and pushed outward are taken out of
         # the Jacobian and the step re-solved (a clamp alone would stall there).
