@@ -8,6 +8,7 @@ from .errors import (
     URDFError,
 )
 from .kinematics import KinematicChain, RobotModel
+from .models.wam import WamConfig, WamForActionPrediction, WamModel, WamProcessor
 
 __version__ = "0.1.0"
 
@@ -19,5 +20,9 @@ __all__ = [
     "KinematicsError",
     "RobotModel",
     "URDFError",
+    "WamConfig",
+    "WamForActionPrediction",
+    "WamModel",
+    "WamProcessor",
     "__version__",
 ]

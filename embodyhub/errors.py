@@ -19,3 +19,7 @@ class InvalidActionError(EmbodyHubError, ValueError):
 
 class EmbodimentMismatchError(EmbodyHubError, ValueError):
     """Two embodiment descriptions (model, adapter, robot) disagree."""
+
+
+class DatasetError(EmbodyHubError, ValueError):
+    """A dataset on disk is missing, malformed, or does not match what is asked of it."""

@@ -1,0 +1,1 @@
+"""Model families; each follows the transformers single-model-file conventions."""

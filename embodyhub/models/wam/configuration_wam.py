@@ -1,0 +1,97 @@
+"""WamConfig: hyper-parameters of the World-Action Model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedConfig
+
+from ...embodiment.spec import JOINT_FEATURES
+
+
+class WamConfig(PreTrainedConfig):
+    r"""Configuration of a World-Action Model (``model_type="wam"``).
+
+    The sequence is ``[embodiment tokens][state tokens][goal tokens][image patches][action tokens]``.
+    Action tokens are discrete bins of canonical action dimensions, one token per (step, dimension)
+    the robot fills; the world head predicts end-effector positions the chunk leads to.
+
+    Args:
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: transformer size.
+        rms_norm_eps, rope_theta, max_position_embeddings: norm and rotary settings.
+        action_bins: number of bins per action dimension (token ids ``0..action_bins-1``).
+        action_dim: width of the canonical action space.
+        chunk_length: actions predicted per chunk (H).
+        max_joints: most embodiment (joint) tokens a robot may have.
+        joint_feature_dim: width of ``Embodiment.joint_features()``.
+        state_slots: canonical slot boundaries ``[(start, size), ...]``; one state token per slot.
+        goal_dim: goal vector width (per arm: position 3 + 6D rotation 6).
+        max_arms: arms the world head predicts end-effector positions for.
+        image_size, patch_size, num_channels: optional image patches (``image_size=0`` disables).
+        world_loss_weight: weight of the world-head loss.
+        embodiments: ``{name: urdf_sha256}`` of the robots the model was trained on.
+    """
+
+    model_type = "wam"
+
+    def __init__(
+        self,
+        hidden_size: int = 128,
+        num_hidden_layers: int = 4,
+        num_attention_heads: int = 4,
+        intermediate_size: int = 384,
+        rms_norm_eps: float = 1e-6,
+        rope_theta: float = 10000.0,
+        max_position_embeddings: int = 512,
+        attention_dropout: float = 0.0,
+        initializer_range: float = 0.02,
+        action_bins: int = 256,
+        action_dim: int = 39,
+        chunk_length: int = 8,
+        max_joints: int = 24,
+        joint_feature_dim: int = JOINT_FEATURES,
+        state_slots: list[list[int]] | None = None,
+        goal_dim: int = 18,
+        max_arms: int = 2,
+        image_size: int = 0,
+        patch_size: int = 16,
+        num_channels: int = 3,
+        world_loss_weight: float = 1.0,
+        embodiments: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if hidden_size % num_attention_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}")
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.rms_norm_eps = rms_norm_eps
+        self.rope_theta = rope_theta
+        self.max_position_embeddings = max_position_embeddings
+        self.attention_dropout = attention_dropout
+        self.initializer_range = initializer_range
+        self.action_bins = action_bins
+        self.action_dim = action_dim
+        self.chunk_length = chunk_length
+        self.max_joints = max_joints
+        self.joint_feature_dim = joint_feature_dim
+        self.state_slots = state_slots if state_slots is not None else _default_slots()
+        self.goal_dim = goal_dim
+        self.max_arms = max_arms
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.world_loss_weight = world_loss_weight
+        self.embodiments = dict(embodiments or {})
+        self.vocab_size = action_bins + 1  # the bins, then the BOS token that starts every action sequence
+        kwargs.pop("vocab_size", None)
+        kwargs["bos_token_id"] = action_bins
+        kwargs.setdefault("tie_word_embeddings", False)
+        super().__init__(**kwargs)
+
+
+def _default_slots() -> list[list[int]]:
+    from ...embodiment.action_space import CanonicalActionSpace
+
+    return [[s.start, s.size] for s in CanonicalActionSpace().slots.values()]

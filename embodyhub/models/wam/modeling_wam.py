@@ -1,0 +1,474 @@
+"""World-Action Model: a decoder-only transformer over embodiment, state, goal and action tokens.
+
+Sequence: ``[joint tokens][state slot tokens][goal tokens][image patches][BOS + action tokens]``,
+causal attention throughout, so a single ``DynamicCache`` holds the whole prefix and decoding adds
+one action token per step. Each action position is told which canonical dimension and chunk step
+it predicts (dimension and step embeddings), so robots with different slot masks share one vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput
+
+from ...errors import InvalidActionError
+from .configuration_wam import WamConfig
+
+SEGMENT_JOINT, SEGMENT_STATE, SEGMENT_GOAL, SEGMENT_IMAGE, SEGMENT_ACTION = range(5)
+GOAL_PER_ARM = 9  # position (3) + 6D rotation (6)
+
+
+@dataclass
+class WamModelOutput(ModelOutput):
+    last_hidden_state: Tensor | None = None
+    cache: Cache | None = None
+    attention_mask: Tensor | None = None
+
+
+@dataclass
+class WamActionOutput(ModelOutput):
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    world: Tensor | None = None
+    cache: Cache | None = None
+    last_hidden_state: Tensor | None = None
+    attention_mask: Tensor | None = None
+    action_loss: Tensor | None = None
+    world_loss: Tensor | None = None
+
+
+class WamRMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class WamRotaryEmbedding(nn.Module):
+    def __init__(self, config: WamConfig) -> None:
+        super().__init__()
+        dim = config.hidden_size // config.num_attention_heads
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, x: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        freqs = position_ids[..., None].float() * self.inv_freq
+        emb = torch.cat([freqs, freqs], -1)
+        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], -1)
+
+
+def apply_rotary_pos_emb(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    cos, sin = cos[:, None], sin[:, None]
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+class WamAttention(nn.Module):
+    """Multi-head self-attention with explicit q/k/v/o Linear layers (LoRA targets) and SDPA."""
+
+    def __init__(self, config: WamConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.dropout = config.attention_dropout
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        position_embeddings: tuple[Tensor, Tensor],
+        attention_mask: Tensor,
+        cache: Cache | None = None,
+    ) -> Tensor:
+        B, L, _ = hidden_states.shape
+        shape = (B, L, self.num_heads, self.head_dim)
+        q = self.q_proj(hidden_states).view(shape).transpose(1, 2)
+        k = self.k_proj(hidden_states).view(shape).transpose(1, 2)
+        v = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.o_proj(out.transpose(1, 2).reshape(B, L, -1))
+
+
+class WamMLP(nn.Module):
+    """SwiGLU feed-forward with explicit gate/up/down Linear layers."""
+
+    def __init__(self, config: WamConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class WamDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: WamConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.input_layernorm = WamRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = WamAttention(config, layer_idx)
+        self.post_attention_layernorm = WamRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = WamMLP(config)
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        position_embeddings: tuple[Tensor, Tensor],
+        attention_mask: Tensor,
+        cache: Cache | None = None,
+    ) -> Tensor:
+        h = hidden_states + self.self_attn(self.input_layernorm(hidden_states), position_embeddings, attention_mask, cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class WamPreTrainedModel(PreTrainedModel):
+    config_class = WamConfig
+    config: WamConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["WamDecoderLayer"]
+    _supports_sdpa = True
+    main_input_name = "input_ids"
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, WamRMSNorm):
+            nn.init.ones_(module.weight)
+
+
+class WamModel(WamPreTrainedModel):
+    """The transformer trunk: embeds the continuous prefix and the action tokens, returns hidden states."""
+
+    def __init__(self, config: WamConfig) -> None:
+        super().__init__(config)
+        h = config.hidden_size
+        self.slot_width = max(size for _, size in config.state_slots)
+        self.joint_proj = nn.Linear(config.joint_feature_dim, h)
+        self.state_proj = nn.Linear(2 * self.slot_width, h)
+        self.slot_embed = nn.Embedding(len(config.state_slots), h)
+        self.goal_proj = nn.Linear(GOAL_PER_ARM, h)
+        self.arm_embed = nn.Embedding(config.max_arms, h)
+        self.segment_embed = nn.Embedding(5, h)
+        self.patch_proj = (
+            nn.Linear(config.num_channels * config.patch_size**2, h) if config.image_size > 0 else None
+        )
+        self.embed_tokens = nn.Embedding(config.vocab_size, h)
+        self.dim_embed = nn.Embedding(config.action_dim, h)
+        self.step_embed = nn.Embedding(config.chunk_length, h)
+        self.layers = nn.ModuleList(WamDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = WamRMSNorm(h, config.rms_norm_eps)
+        self.rotary_emb = WamRotaryEmbedding(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def embed_prefix(
+        self,
+        joint_features: Tensor,
+        joint_mask: Tensor,
+        state: Tensor,
+        state_mask: Tensor,
+        goal: Tensor,
+        goal_mask: Tensor,
+        pixel_values: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Embodiment, state, goal (and image) tokens ``[B, P, hidden]`` with their validity ``[B, P]``."""
+        cfg = self.config
+        B = state.shape[0]
+        seg = self.segment_embed.weight
+        dtype = self.joint_proj.weight.dtype
+        joints = self.joint_proj(joint_features.to(dtype)) + seg[SEGMENT_JOINT]
+        slots = []
+        for start, size in cfg.state_slots:
+            pad = self.slot_width - size
+            values = F.pad(state[:, start : start + size] * state_mask[:, start : start + size], (0, pad))
+            slots.append(torch.cat([values, F.pad(state_mask[:, start : start + size].to(values.dtype), (0, pad))], -1))
+        states = self.state_proj(torch.stack(slots, 1).to(dtype)) + self.slot_embed.weight + seg[SEGMENT_STATE]
+        goals = goal.view(B, cfg.max_arms, GOAL_PER_ARM).to(dtype)
+        goals = (self.goal_proj(goals) + self.arm_embed.weight) * goal_mask[..., None] + seg[SEGMENT_GOAL]
+        parts = [joints, states, goals]
+        masks = [joint_mask.bool(), state_mask.new_ones(B, len(cfg.state_slots), dtype=torch.bool), goal_mask.bool() | True]
+        if pixel_values is not None:
+            if self.patch_proj is None:
+                raise InvalidActionError("this model was configured without image inputs (image_size=0)")
+            p = cfg.patch_size
+            patches = F.unfold(pixel_values.to(dtype), kernel_size=p, stride=p).transpose(1, 2)
+            parts.append(self.patch_proj(patches) + seg[SEGMENT_IMAGE])
+            masks.append(torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device))
+        return torch.cat(parts, 1), torch.cat(masks, 1)
+
+    def embed_actions(self, input_ids: Tensor, action_dims: Tensor, action_steps: Tensor) -> Tensor:
+        """Previous token + which (dimension, step) this position predicts."""
+        return (
+            self.embed_tokens(input_ids)
+            + self.dim_embed(action_dims.clamp_min(0))
+            + self.step_embed(action_steps.clamp_min(0))
+            + self.segment_embed.weight[SEGMENT_ACTION]
+        )
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        action_dims: Tensor,
+        action_steps: Tensor,
+        joint_features: Tensor | None = None,
+        joint_mask: Tensor | None = None,
+        state: Tensor | None = None,
+        state_mask: Tensor | None = None,
+        goal: Tensor | None = None,
+        goal_mask: Tensor | None = None,
+        pixel_values: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool = False,
+        **kwargs: Any,
+    ) -> WamModelOutput:
+        """Run the trunk. The prefix inputs are needed only when the cache is empty.
+
+        ``attention_mask`` [B, past + new] marks valid keys; it is built (and returned) when omitted.
+        """
+        past = cache.get_seq_length() if cache is not None else 0
+        embeds = self.embed_actions(input_ids, action_dims, action_steps)
+        new_mask = torch.ones(input_ids.shape, dtype=torch.bool, device=input_ids.device)
+        if past == 0:
+            if joint_features is None or state is None or goal is None or joint_mask is None or state_mask is None or goal_mask is None:
+                raise InvalidActionError(
+                    "the first forward needs joint_features, joint_mask, state, state_mask, goal and goal_mask "
+                    "(use WamProcessor to build them)"
+                )
+            prefix, prefix_mask = self.embed_prefix(joint_features, joint_mask, state, state_mask, goal, goal_mask, pixel_values)
+            embeds = torch.cat([prefix, embeds], 1)
+            new_mask = torch.cat([prefix_mask, new_mask], 1)
+        if attention_mask is None:
+            if past:
+                raise InvalidActionError("decoding with a cache needs the running attention_mask")
+            attention_mask = new_mask
+        attention_mask = attention_mask.bool()
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        L = embeds.shape[1]
+        total = attention_mask.shape[1]
+        if total != past + L:
+            raise InvalidActionError(f"attention_mask covers {total} positions, expected {past + L}")
+        positions = torch.arange(past, past + L, device=embeds.device)
+        causal = positions[:, None] >= torch.arange(total, device=embeds.device)[None, :]
+        mask4d = causal[None, None] & attention_mask[:, None, None, :]
+        position_embeddings = self.rotary_emb(embeds, positions.expand(embeds.shape[0], L))
+        hidden = embeds
+        for layer in self.layers:
+            hidden = layer(hidden, position_embeddings, mask4d, cache if use_cache else None)
+        return WamModelOutput(self.norm(hidden), cache if use_cache else None, attention_mask)
+
+
+class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
+    """WAM with the action head (logits over action bins) and the world head (future end-effector positions)."""
+
+    def __init__(self, config: WamConfig) -> None:
+        super().__init__(config)
+        self.model = WamModel(config)
+        self.action_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.world_head = nn.Sequential(
+            nn.Linear(config.hidden_size, config.hidden_size), nn.SiLU(), nn.Linear(config.hidden_size, 3 * config.max_arms)
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.action_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.action_head = value
+
+    def world_from_hidden(self, hidden: Tensor, action_steps: Tensor) -> Tensor:
+        """Mean hidden state of each chunk step -> predicted end-effector positions ``[B, H, 3 * max_arms]``."""
+        onehot = F.one_hot(action_steps.clamp_min(0), self.config.chunk_length).to(hidden.dtype)
+        onehot = onehot * (action_steps >= 0)[..., None].to(hidden.dtype)
+        pooled = onehot.transpose(1, 2) @ hidden / onehot.sum(1)[..., None].clamp_min(1)
+        return self.world_head(pooled)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        action_dims: Tensor,
+        action_steps: Tensor,
+        labels: Tensor | None = None,
+        world_targets: Tensor | None = None,
+        world_mask: Tensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool = False,
+        **kwargs: Any,
+    ) -> WamActionOutput:
+        """Logits for every action position; with ``labels`` the token loss, with ``world_targets`` the world loss."""
+        out = self.model(input_ids, action_dims, action_steps, cache=cache, use_cache=use_cache, **kwargs)
+        hidden = out.last_hidden_state[:, -input_ids.shape[1] :]
+        logits = self.action_head(hidden)
+        loss = action_loss = world_loss = world = None
+        if labels is not None:
+            action_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+            loss = action_loss
+        if world_targets is not None:
+            world = self.world_from_hidden(hidden, action_steps)
+            mask = world_mask.to(world.dtype) if world_mask is not None else torch.ones_like(world)
+            world_loss = ((world - world_targets.to(world.dtype)) ** 2 * mask).sum() / mask.sum().clamp_min(1)
+            loss = world_loss * self.config.world_loss_weight + (loss if loss is not None else 0)
+        return WamActionOutput(
+            loss=loss,
+            logits=logits,
+            world=world,
+            cache=out.cache,
+            last_hidden_state=hidden,
+            attention_mask=out.attention_mask,
+            action_loss=action_loss,
+            world_loss=world_loss,
+        )
+
+    @torch.no_grad()
+    def sample_action_tokens(
+        self,
+        action_dims: Tensor,
+        action_steps: Tensor,
+        num_samples: int = 1,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+        imagine: bool = False,
+        **prefix: Tensor,
+    ) -> dict[str, Tensor]:
+        """Decode the action-token schedule ``action_dims/steps [B, L]``; returns tokens ``[B*G, L]``.
+
+        With a cache the prefix is encoded once and shared by the ``num_samples`` paths of each
+        observation (the cache is repeated, not recomputed). ``imagine=True`` adds the world head's
+        predicted end-effector positions ``[B*G, H, 3 * max_arms]``.
+        """
+        B, L = action_dims.shape
+        G = num_samples
+        bos = torch.full((B, 1), self.config.bos_token_id, dtype=torch.long, device=action_dims.device)
+        dims, steps = action_dims.repeat_interleave(G, 0), action_steps.repeat_interleave(G, 0)
+        tokens = bos.repeat_interleave(G, 0)
+        hiddens = []
+        if use_cache:
+            out = self(bos, action_dims[:, :1], action_steps[:, :1], use_cache=True, **prefix)
+            cache, mask = out.cache, out.attention_mask
+            if G > 1:
+                cache.batch_repeat_interleave(G)
+                mask = mask.repeat_interleave(G, 0)
+                out.logits = out.logits.repeat_interleave(G, 0)
+                out.last_hidden_state = out.last_hidden_state.repeat_interleave(G, 0)
+        else:
+            rep_prefix = {k: v.repeat_interleave(G, 0) if isinstance(v, Tensor) else v for k, v in prefix.items()}
+            out = self(tokens, dims[:, :1], steps[:, :1], **rep_prefix)
+        for k in range(L):
+            logits = out.logits[:, -1].float()
+            logits[:, self.config.action_bins :] = float("-inf")  # never emit BOS
+            if do_sample:
+                probs = torch.softmax(logits / max(temperature, 1e-5), -1)
+                nxt = torch.multinomial(probs, 1, generator=generator)
+            else:
+                nxt = logits.argmax(-1, keepdim=True)
+            tokens = torch.cat([tokens, nxt], 1)
+            hiddens.append(out.last_hidden_state[:, -1])
+            if k == L - 1:
+                break
+            if use_cache:
+                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
+                out = self(nxt, dims[:, k + 1 : k + 2], steps[:, k + 1 : k + 2], cache=cache, use_cache=True, attention_mask=mask)
+            else:
+                out = self(tokens, dims[:, : k + 2], steps[:, : k + 2], **rep_prefix)
+        result = {"tokens": tokens[:, 1:]}
+        if imagine:
+            result["world"] = self.world_from_hidden(torch.stack(hiddens, 1), steps)
+        return result
+
+    @torch.no_grad()
+    def predict_action(
+        self,
+        action_decoder: Any,
+        action_dims: Tensor,
+        action_steps: Tensor,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        use_cache: bool = True,
+        imagine: bool = False,
+        **inputs: Tensor,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Predict a chunk of native joint commands ``[B, H, dof]`` from ``processor(obs, embodiment)``.
+
+        ``imagine=True`` also returns the world head's end-effector positions ``[B, H, 3 * max_arms]``.
+        """
+        inputs.pop("input_ids", None)
+        for key in ("labels", "world_targets", "world_mask"):
+            inputs.pop(key, None)
+        out = self.sample_action_tokens(
+            action_dims, action_steps, do_sample=do_sample, temperature=temperature, use_cache=use_cache, imagine=imagine, **inputs
+        )
+        chunk = action_decoder(out["tokens"])
+        return (chunk, out["world"]) if imagine else chunk
+
+
+class ActionQueue:
+    """Per-step control on top of chunked prediction: pop one command per control tick, re-plan when empty.
+
+    ``policy(q_current) -> [H, dof]`` is called whenever the queue runs out (or every
+    ``replan_every`` steps), so a 50 Hz loop can run a model that predicts 8-step chunks.
+    """
+
+    def __init__(self, policy: Any, replan_every: int | None = None) -> None:
+        self.policy = policy
+        self.replan_every = replan_every
+        self._chunk: Tensor | None = None
+        self._index = 0
+
+    def reset(self) -> None:
+        self._chunk, self._index = None, 0
+
+    def __call__(self, q_current: Tensor) -> Tensor:
+        limit = self.replan_every or (self._chunk.shape[0] if self._chunk is not None else 0)
+        if self._chunk is None or self._index >= min(limit, self._chunk.shape[0]):
+            self._chunk, self._index = self.policy(q_current), 0
+        action = self._chunk[self._index]
+        self._index += 1
+        return action

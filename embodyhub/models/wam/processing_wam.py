@@ -1,0 +1,247 @@
+"""WamProcessor: robot observation + embodiment -> model inputs, and action tokens -> native joint commands.
+
+It owns everything non-neural between a robot and the model: the embodiment cards (and their
+URDFs, saved next to the weights and fetched back through ``cached_file``), the canonical
+normalization (``KinematicAdapter``), the action-token schedule a robot fills, and the binning
+tokenizer. Decoding clamps every command to the URDF position limits and to the velocity limits
+over one control step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor
+from transformers import BatchFeature, ProcessorMixin
+from transformers.utils import cached_file
+
+from ...embodiment import CanonicalActionSpace, Embodiment, KinematicAdapter
+from ...embodiment.spec import CARD_NAME, URDF_NAME
+from ...errors import EmbodimentMismatchError, InvalidActionError
+from ...kinematics.rotations import matrix_to_rotation_6d
+from .action_tokenizer import BinningActionTokenizer
+from .modeling_wam import GOAL_PER_ARM
+
+EMBODIMENTS_DIR = "embodiments"
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+
+
+class WamProcessor(ProcessorMixin):
+    """Builds ``WamForActionPrediction`` inputs for one embodiment and decodes its action tokens."""
+
+    def __init__(
+        self,
+        action_bins: int = 256,
+        action_low: list[float] | None = None,
+        action_high: list[float] | None = None,
+        chunk_length: int = 8,
+        action_slots: Sequence[str] = ("ee_pos", "ee_rot6d", "gripper"),
+        embodiment_names: Sequence[str] = (),
+        max_arms: int = 2,
+        max_arm_joints: int = 8,
+        max_joints: int = 24,
+        ik_restarts: int = 4,
+    ) -> None:
+        self.space = CanonicalActionSpace(max_arms, max_arm_joints)
+        self.bins = BinningActionTokenizer(action_bins, action_low, action_high)
+        self.action_bins = action_bins
+        self.action_low, self.action_high = self.bins.low.tolist(), self.bins.high.tolist()
+        self.chunk_length = chunk_length
+        self.action_slots = list(action_slots)
+        self.max_arms, self.max_arm_joints, self.max_joints = max_arms, max_arm_joints, max_joints
+        self.ik_restarts = ik_restarts
+        self.embodiment_names = list(embodiment_names)
+        self.embodiments: dict[str, Embodiment] = {}
+        self._adapters: dict[str, KinematicAdapter] = {}
+        super().__init__()
+
+    # ------------------------------------------------------------------ embodiments
+    def add_embodiment(self, embodiment: Embodiment) -> None:
+        """Register a robot the model is trained on (saved with the processor)."""
+        self.adapter(embodiment)  # validates it fits the canonical space
+        self.embodiments[embodiment.name] = embodiment
+        if embodiment.name not in self.embodiment_names:
+            self.embodiment_names.append(embodiment.name)
+
+    def resolve(self, embodiment: Embodiment | str) -> Embodiment:
+        """An ``Embodiment`` object is used as is (any URDF works); a name must be one of ours."""
+        if isinstance(embodiment, Embodiment):
+            return embodiment
+        if embodiment not in self.embodiments:
+            raise EmbodimentMismatchError(
+                f"the processor has no embodiment card named '{embodiment}' (it knows {sorted(self.embodiments)}); "
+                "pass an Embodiment built from the robot's URDF instead"
+            )
+        return self.embodiments[embodiment]
+
+    def adapter(self, embodiment: Embodiment) -> KinematicAdapter:
+        key = f"{embodiment.name}:{embodiment.urdf_sha256}:{embodiment.joint_names}"
+        if key not in self._adapters:
+            if embodiment.dof > self.max_joints:
+                raise EmbodimentMismatchError(f"'{embodiment.name}' has {embodiment.dof} joints; the processor takes {self.max_joints}")
+            self._adapters[key] = KinematicAdapter(embodiment, self.space)
+        return self._adapters[key]
+
+    def schedule(self, embodiment: Embodiment) -> tuple[Tensor, Tensor]:
+        """Canonical dimension and chunk step of each action token ``([L], [L])`` for this robot."""
+        mask = self.adapter(embodiment).mask
+        dims = [
+            d
+            for i in range(len(embodiment.arms))
+            for slot in self.action_slots
+            for d in range(self.space.slots[f"arm{i}.{slot}"].start, self.space.slots[f"arm{i}.{slot}"].slice.stop)
+            if mask[d]
+        ]
+        dims_t = torch.tensor(dims, dtype=torch.long).repeat(self.chunk_length)
+        steps_t = torch.arange(self.chunk_length).repeat_interleave(len(dims))
+        return dims_t, steps_t
+
+    # ------------------------------------------------------------------ encoding
+    def __call__(
+        self,
+        observation: Mapping[str, Any],
+        embodiment: Embodiment | str,
+        actions: Tensor | None = None,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """``observation``: ``state`` (native joints ``[B, dof]``), ``goal`` (per-arm target poses
+        ``[B, arms, 4, 4]`` in each arm's base frame), optional ``pixel_values``. ``actions``
+        (native ``[B, H, dof]``) adds ``input_ids``/``labels``/``world_targets`` for training."""
+        emb = self.resolve(embodiment)
+        adapter = self.adapter(emb)
+        state = observation.get("state", observation.get("observation.state"))
+        if state is None:
+            raise InvalidActionError("observation needs 'state' (native joint positions [B, dof])")
+        q = emb.check_q(torch.as_tensor(state, dtype=torch.float64), "observation state")
+        q = q[None] if q.dim() == 1 else q
+        B = q.shape[0]
+        x, mask = adapter.to_canonical(q)
+        goal, goal_mask = self._goal(observation, emb, B)
+        dims, steps = self.schedule(emb)
+        features: dict[str, Any] = {
+            "joint_features": emb.joint_features().expand(B, -1, -1),
+            "joint_mask": torch.ones(B, emb.dof, dtype=torch.bool),
+            "state": x.float(),
+            "state_mask": mask.expand(B, -1),
+            "goal": goal,
+            "goal_mask": goal_mask,
+            "action_dims": dims.expand(B, -1),
+            "action_steps": steps.expand(B, -1),
+        }
+        if observation.get("pixel_values") is not None:
+            features["pixel_values"] = torch.as_tensor(observation["pixel_values"], dtype=torch.float32)
+        if actions is not None:
+            features.update(self._targets(actions, emb, dims, steps, B))
+        batch = BatchFeature(features)
+        batch["action_decoder"] = ActionDecoder(self, emb, q)
+        return batch
+
+    def _goal(self, observation: Mapping[str, Any], emb: Embodiment, B: int) -> tuple[Tensor, Tensor]:
+        goal = observation.get("goal", observation.get("observation.goal"))
+        if goal is None:
+            raise InvalidActionError("observation needs 'goal' (target end-effector pose per arm)")
+        goal = torch.as_tensor(goal, dtype=torch.float64)
+        n = len(emb.arms)
+        if goal.shape[-2:] == (4, 4):
+            goal = goal.reshape(-1, n, 4, 4) if goal.dim() > 2 else goal.reshape(1, 1, 4, 4)
+            goal = torch.cat([goal[..., :3, 3], matrix_to_rotation_6d(goal[..., :3, :3])], -1).reshape(goal.shape[0], -1)
+        goal = goal.reshape(-1, goal.shape[-1])
+        if goal.shape != (B, n * GOAL_PER_ARM):
+            raise InvalidActionError(
+                f"goal has shape {tuple(goal.shape)}; expected [{B}, {n}, 4, 4] poses or [{B}, {n * GOAL_PER_ARM}] vectors"
+            )
+        if not torch.isfinite(goal).all():
+            raise InvalidActionError("goal contains NaN or infinite values")
+        padded = torch.zeros(B, self.max_arms * GOAL_PER_ARM, dtype=torch.float32)
+        padded[:, : n * GOAL_PER_ARM] = goal.float()
+        goal_mask = torch.zeros(B, self.max_arms, dtype=torch.bool)
+        goal_mask[:, :n] = True
+        return padded, goal_mask
+
+    def _targets(self, actions: Tensor, emb: Embodiment, dims: Tensor, steps: Tensor, B: int) -> dict[str, Tensor]:
+        actions = emb.check_q(torch.as_tensor(actions, dtype=torch.float64), "actions")
+        if actions.shape[:2] != (B, self.chunk_length):
+            raise InvalidActionError(f"actions must be [B={B}, H={self.chunk_length}, dof], got {tuple(actions.shape)}")
+        x, _ = self.adapter(emb).to_canonical(actions)  # [B, H, D]
+        tokens = self.bins.encode(x[:, steps, dims], dims.expand(B, -1))
+        bos = torch.full((B, 1), self.action_bins, dtype=torch.long)
+        world = torch.zeros(B, self.chunk_length, 3 * self.max_arms)
+        world_mask = torch.zeros_like(world, dtype=torch.bool)
+        for i in range(len(emb.arms)):
+            world[..., 3 * i : 3 * i + 3] = x[..., self.space[f"arm{i}.ee_pos"]].float()
+            world_mask[..., 3 * i : 3 * i + 3] = True
+        return {
+            "input_ids": torch.cat([bos, tokens[:, :-1]], 1),
+            "labels": tokens,
+            "world_targets": world,
+            "world_mask": world_mask,
+        }
+
+    # ------------------------------------------------------------------ decoding
+    def decode_actions(self, tokens: Tensor, embodiment: Embodiment | str, q_current: Tensor) -> Tensor:
+        """Action tokens ``[B, L]`` -> native joint commands ``[B, H, dof]``, each step clamped to the
+        URDF position limits and to the velocity limits over one control step from the previous one."""
+        emb = self.resolve(embodiment)
+        adapter = self.adapter(emb)
+        dims, steps = self.schedule(emb)
+        tokens = torch.as_tensor(tokens)
+        if tokens.shape[-1] != dims.shape[0]:
+            raise InvalidActionError(f"expected {dims.shape[0]} action tokens for '{emb.name}', got {tokens.shape[-1]}")
+        q_current = emb.check_q(q_current, "q_current")
+        q_current = q_current[None] if q_current.dim() == 1 else q_current
+        B, H = tokens.shape[0], self.chunk_length
+        x = torch.zeros(B, H, self.space.dim, dtype=torch.float64)
+        x[:, steps, dims] = self.bins.decode(tokens, dims.expand(B, -1))
+        predicted = torch.zeros(self.space.dim, dtype=torch.bool)
+        predicted[dims] = True
+        seed = q_current.repeat_interleave(H, 0)
+        # One batched solve for all steps (IK seeded at the current state), then clamp step by step.
+        targets = adapter.from_canonical(
+            x.reshape(B * H, -1), seed, source_mask=predicted & adapter.mask, clamp_velocity=False, restarts=self.ik_restarts
+        ).reshape(B, H, emb.dof)
+        out, q = [], q_current.to(torch.float64)
+        for h in range(H):
+            q = emb.clamp(targets[:, h], q)
+            out.append(q)
+        return torch.stack(out, 1)
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> list[str]:
+        """``processor_config.json`` plus ``embodiments/<name>/{embodiment.json, robot.urdf}``."""
+        files = super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
+        for name, emb in self.embodiments.items():
+            emb.save_pretrained(Path(save_directory) / EMBODIMENTS_DIR / name)
+        if push_to_hub:
+            raise NotImplementedError("push with embodyhub.hub (lands with the publishing issue)")
+        return files
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "WamProcessor":
+        """Load the config, then each embodiment card and URDF through ``cached_file`` (local, Hub or cache)."""
+        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        hub = {k: v for k, v in kwargs.items() if k in _HUB_KWARGS}
+        for name in processor.embodiment_names:
+            card = cached_file(pretrained_model_name_or_path, f"{EMBODIMENTS_DIR}/{name}/{CARD_NAME}", **hub)
+            urdf = cached_file(pretrained_model_name_or_path, f"{EMBODIMENTS_DIR}/{name}/{URDF_NAME}", **hub)
+            if card is None or urdf is None:
+                raise EmbodimentMismatchError(f"embodiment '{name}' is listed but its card or URDF is missing")
+            emb = Embodiment.from_card(json.loads(Path(card).read_text()), Path(urdf).read_text())
+            processor.embodiments[name] = emb
+        return processor
+
+
+class ActionDecoder:
+    """Carried in the processor's output so ``model.predict_action`` can return native commands."""
+
+    def __init__(self, processor: WamProcessor, embodiment: Embodiment, q_current: Tensor) -> None:
+        self.processor, self.embodiment, self.q_current = processor, embodiment, q_current
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        q = self.q_current
+        if tokens.shape[0] != q.shape[0]:  # several sampled paths per observation
+            q = q.repeat_interleave(tokens.shape[0] // q.shape[0], 0)
+        return self.processor.decode_actions(tokens, self.embodiment, q)

@@ -1,0 +1,182 @@
+"""Tiny WAM pretraining on LeRobot-format episodes of several robots (an accelerate loop on CPU or GPU).
+
+Each training sample is one frame: the state ``q_t``, the goal, and the next ``H`` commanded
+configurations (padded with the episode's last command, so the model learns to hold at the goal).
+Batches are drawn from one robot at a time (robots differ in token count), robots in turn.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import yaml
+from torch import Tensor
+
+from ..data import LeRobotDataset, generate, load_dataset
+from ..embodiment import Embodiment, load_robot
+from ..models.wam import WamConfig, WamForActionPrediction, WamProcessor
+
+
+@dataclass
+class PretrainRecipe:
+    """What ``embodyhub train`` reads from ``recipes/pretrain_tiny.yaml``."""
+
+    robots: list[str]
+    held_out: list[str] = field(default_factory=list)
+    episodes_per_robot: int = 200
+    tasks: list[str] = field(default_factory=lambda: ["reach"])
+    steps_per_episode: int = 30
+    goal_distance: float | None = 0.3
+    reach_profile: str = "proportional"
+    model: dict[str, Any] = field(default_factory=dict)
+    processor: dict[str, Any] = field(default_factory=dict)
+    train_steps: int = 2000
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    eval_episodes: int = 50
+    eval_max_steps: int = 60
+    seed: int = 0
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "PretrainRecipe":
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown recipe keys in {path}: {sorted(unknown)}")
+        return cls(**data)
+
+
+def chunk_samples(dataset: LeRobotDataset, chunk_length: int) -> dict[str, Tensor]:
+    """Per frame: state, goal and the next ``chunk_length`` actions (padded with the episode's last)."""
+    states, goals, actions = [], [], []
+    for k in range(dataset.num_episodes):
+        ep = dataset.episode(k)
+        a = ep["action"].double()
+        T = a.shape[0]
+        idx = (torch.arange(T)[:, None] + torch.arange(chunk_length)[None]).clamp_max(T - 1)
+        states.append(ep["observation.state"].double())
+        goals.append(ep["observation.goal"].double())
+        actions.append(a[idx])
+    return {"state": torch.cat(states), "goal": torch.cat(goals), "actions": torch.cat(actions)}
+
+
+class RobotBatches:
+    """Encodes a robot's whole dataset once, then serves random batches of model inputs."""
+
+    def __init__(self, processor: WamProcessor, embodiment: Embodiment, samples: dict[str, Tensor], generator: torch.Generator) -> None:
+        self.embodiment = embodiment
+        encoded = processor({"state": samples["state"], "goal": samples["goal"]}, embodiment, actions=samples["actions"])
+        encoded.pop("action_decoder")
+        self.tensors = {k: v.contiguous() for k, v in encoded.items()}
+        self.size = samples["state"].shape[0]
+        self.generator = generator
+
+    def sample(self, batch_size: int) -> dict[str, Tensor]:
+        idx = torch.randint(self.size, (batch_size,), generator=self.generator)
+        return {k: v[idx] for k, v in self.tensors.items()}
+
+
+def _cycle(batches: list[RobotBatches], batch_size: int) -> Iterator[dict[str, Tensor]]:
+    while True:
+        for b in batches:
+            yield b.sample(batch_size)
+
+
+def build(recipe: PretrainRecipe) -> tuple[WamForActionPrediction, WamProcessor]:
+    """A freshly initialised model and its processor holding the training robots' cards."""
+    torch.manual_seed(recipe.seed)
+    processor = WamProcessor(**recipe.processor)
+    embodiments = [load_robot(name) for name in recipe.robots]
+    for emb in embodiments:
+        processor.add_embodiment(emb)
+    config = WamConfig(
+        action_bins=processor.action_bins,
+        action_dim=processor.space.dim,
+        chunk_length=processor.chunk_length,
+        max_arms=processor.max_arms,
+        max_joints=processor.max_joints,
+        embodiments={e.name: e.urdf_sha256 for e in embodiments},
+        **recipe.model,
+    )
+    return WamForActionPrediction(config), processor
+
+
+def train(
+    model: WamForActionPrediction,
+    processor: WamProcessor,
+    datasets: dict[str, LeRobotDataset],
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    weight_decay: float = 0.01,
+    warmup_steps: int = 100,
+    seed: int = 0,
+    progress: bool = True,
+    parameters: list[torch.nn.Parameter] | None = None,
+) -> list[dict[str, float]]:
+    """AdamW with linear warm-up and cosine decay through ``accelerate``; returns the loss log."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for name, ds in datasets.items():
+        samples = chunk_samples(ds, processor.chunk_length)
+        batches.append(RobotBatches(processor, processor.resolve(name), samples, gen))
+    params = parameters if parameters is not None else [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+
+    def lr_at(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, steps - warmup_steps)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    log: list[dict[str, float]] = []
+    stream = _cycle(batches, batch_size)
+    start = time.perf_counter()
+    bar = tqdm(range(steps), desc="train", disable=not progress)
+    for step in bar:
+        batch = {k: v.to(accelerator.device) for k, v in next(stream).items()}
+        out = model(**batch)
+        accelerator.backward(out.loss)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        entry = {"step": step, "loss": out.loss.item(), "action_loss": out.action_loss.item(), "world_loss": out.world_loss.item()}
+        log.append(entry)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{entry['loss']:.3f}", act=f"{entry['action_loss']:.3f}")
+    model.eval()
+    log.append({"step": steps, "seconds": time.perf_counter() - start})
+    return log
+
+
+def prepare_data(recipe: PretrainRecipe, data_dir: Path, progress: bool = True) -> dict[str, LeRobotDataset]:
+    """Generate the synthetic episodes (unless already there) and open them."""
+    missing = [r for r in recipe.robots if not (data_dir / r / "meta" / "info.json").is_file()]
+    if missing:
+        generate(
+            missing,
+            data_dir,
+            episodes_per_robot=recipe.episodes_per_robot,
+            tasks=recipe.tasks,
+            seed=recipe.seed,
+            steps_per_episode=recipe.steps_per_episode,
+            goal_distance=recipe.goal_distance,
+            progress=progress,
+            reach_profile=recipe.reach_profile,
+        )
+    return {r: load_dataset(data_dir / r) for r in recipe.robots}

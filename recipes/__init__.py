@@ -1,0 +1,1 @@
+"""YAML recipes the ``embodyhub`` CLI runs, installed as ``embodyhub.recipes``."""
