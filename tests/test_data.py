@@ -15,15 +15,6 @@ from embodyhub.envs import ReachEnv, goal_poses
 from embodyhub.errors import EmbodyHubError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small batched kinematics is op-overhead bound: extra intra-op threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def toy_episodes(lengths=(5, 3, 7, 4), seed=0):
     rng = np.random.default_rng(seed)
     episodes = []

@@ -10,15 +10,6 @@ from embodyhub.envs import ReachEnv, TraceEnv, goal_poses, goal_vector, plan_rea
 from embodyhub.errors import InvalidActionError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small batched kinematics is op-overhead bound: extra intra-op threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def panda():
     return load_robot("panda")

@@ -41,16 +41,6 @@ MAX_LEAVES = 6
 ADAPTERS_DIR = Path(__file__).resolve().parents[1] / "adapters"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The test machine is shared (2 cores); OpenMP spin-waiting with 2 threads under load makes the
-    batched IK ~15x slower. One thread keeps this file fast; the previous setting is restored after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ----------------------------------------------------------------------------------------------
 # Hand-written URDFs
 # ----------------------------------------------------------------------------------------------

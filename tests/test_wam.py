@@ -56,9 +56,11 @@ print(json.dumps({
     "model_class": type(model).__name__,
     "processor_class": type(processor).__name__,
     "weights": {k: hashlib.sha256(v.detach().contiguous().numpy().tobytes()).hexdigest() for k, v in model.state_dict().items()},
+    "buffers": {k: v.tolist() for k, v in model.named_buffers()},  # non-persistent ones are rebuilt, not loaded
     "config": config.to_dict(),
     "cards": {n: e.to_card() for n, e in processor.embodiments.items()},
     "processor": {k: getattr(processor, k) for k in ("action_bins", "action_low", "action_high", "chunk_length", "action_slots", "embodiment_names")},
+    "tokens": model.sample_action_tokens(**torch.load(sys.argv[2])).get("tokens").tolist(),
 }))
 """
 
@@ -74,19 +76,26 @@ def test_auto_classes_round_trip_bit_exact_in_fresh_process(setup, tmp_path):
     for emb in robots:
         assert (tmp_path / "embodiments" / emb.name / "embodiment.json").is_file()
         assert (tmp_path / "embodiments" / emb.name / "robot.urdf").read_text() == emb.urdf_text
-    proc = subprocess.run([sys.executable, "-c", ROUND_TRIP, str(tmp_path)], capture_output=True, text=True, check=True)
+    dims, steps, prefix = decode_inputs(processor(observation(robots[0]), "panda"))
+    torch.save({"action_dims": dims, "action_steps": steps, **prefix}, tmp_path / "inputs.pt")
+    tokens = model.sample_action_tokens(dims, steps, **prefix)["tokens"]
+    proc = subprocess.run(
+        [sys.executable, "-c", ROUND_TRIP, str(tmp_path), str(tmp_path / "inputs.pt")], capture_output=True, text=True, check=True
+    )
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (loaded["config_class"], loaded["model_class"], loaded["processor_class"]) == (
         "WamConfig", "WamForActionPrediction", "WamProcessor",
     )
     expected = {k: hashlib.sha256(v.detach().contiguous().numpy().tobytes()).hexdigest() for k, v in model.state_dict().items()}
     assert loaded["weights"] == expected
+    assert loaded["buffers"] == {k: v.tolist() for k, v in model.named_buffers()}
     saved_config = json.loads(json.dumps(model.config.to_dict()))
     loaded["config"].pop("_name_or_path"), saved_config.pop("_name_or_path")  # where it was loaded from
     assert loaded["config"] == saved_config
     assert loaded["cards"] == json.loads(json.dumps({e.name: e.to_card() for e in robots}))
     assert loaded["processor"]["embodiment_names"] == ["panda", "baxter"]
     assert loaded["processor"]["action_low"] == processor.action_low
+    assert loaded["tokens"] == tokens.tolist()  # same behaviour, not only the same stored tensors
 
 
 @pytest.mark.parametrize("robot", ["panda", "baxter"])

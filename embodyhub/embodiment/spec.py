@@ -94,17 +94,7 @@ class Embodiment:
         self.arm_indices = [torch.tensor([names.index(j) for j in c.joint_names]) for c in self.chains]
         self.gripper_indices = torch.tensor([names.index(g.joint) for g in self.grippers], dtype=torch.long)
 
-        lower, upper, velocity = [], [], []
-        for joint_name in names:
-            joint = robot.joints[joint_name]
-            limit = joint.limit
-            bounded = joint.type != "continuous" and limit is not None
-            lower.append(limit.lower if bounded else -math.inf)
-            upper.append(limit.upper if bounded else math.inf)
-            velocity.append(limit.velocity if limit is not None and limit.velocity > 0 else math.inf)
-        self.lower = torch.tensor(lower, dtype=torch.float64)
-        self.upper = torch.tensor(upper, dtype=torch.float64)
-        self.velocity_limit = torch.tensor(velocity, dtype=torch.float64)
+        self.lower, self.upper, self.velocity_limit = robot.limits(names)
 
     def _gripper_specs(self, grippers: Sequence[GripperSpec | str | dict | None]) -> list[GripperSpec]:
         if len(grippers) > len(self.arms):

@@ -102,16 +102,7 @@ class KinematicChain:
         self._is_mimic_free = src == list(range(len(src))) and all(m == 1.0 for m in mult) and not any(offset)
         self._cache: dict[tuple[torch.dtype, torch.device], dict[str, Tensor]] = {}
 
-        lower, upper, velocity = [], [], []
-        for name in names:
-            limit = robot.joints[name].limit
-            bounded = robot.joints[name].type != "continuous" and limit is not None
-            lower.append(limit.lower if bounded else -math.inf)
-            upper.append(limit.upper if bounded else math.inf)
-            velocity.append(limit.velocity if limit is not None and limit.velocity > 0 else math.inf)
-        self.lower = torch.tensor(lower, dtype=torch.float64)
-        self.upper = torch.tensor(upper, dtype=torch.float64)
-        self.velocity_limit = torch.tensor(velocity, dtype=torch.float64)
+        self.lower, self.upper, self.velocity_limit = robot.limits(names)
 
     # ------------------------------------------------------------------ helpers
     @property

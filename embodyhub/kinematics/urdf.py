@@ -21,6 +21,8 @@ from xml.parsers import expat
 from ..errors import URDFError
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from .chain import KinematicChain
 
 MAX_URDF_BYTES = 16 * 1024 * 1024
@@ -122,6 +124,21 @@ class RobotModel:
         from .chain import KinematicChain
 
         return KinematicChain(self, base_link, tip_link)
+
+    def limits(self, joint_names: list[str]) -> tuple["Tensor", "Tensor", "Tensor"]:
+        """Float64 ``(lower, upper, velocity)`` for ``joint_names``: continuous joints are unbounded
+        (±inf) and a missing or zero velocity limit means none (inf)."""
+        import torch
+
+        lower, upper, velocity = [], [], []
+        for name in joint_names:
+            joint = self.joints[name]
+            limit = joint.limit
+            bounded = joint.type != "continuous" and limit is not None
+            lower.append(limit.lower if bounded else -math.inf)
+            upper.append(limit.upper if bounded else math.inf)
+            velocity.append(limit.velocity if limit is not None and limit.velocity > 0 else math.inf)
+        return tuple(torch.tensor(v, dtype=torch.float64) for v in (lower, upper, velocity))  # type: ignore[return-value]
 
     @property
     def actuated_joint_names(self) -> list[str]:

@@ -102,7 +102,6 @@ def build(recipe: PretrainRecipe) -> tuple[WamForActionPrediction, WamProcessor]
         action_dim=processor.space.dim,
         chunk_length=processor.chunk_length,
         max_arms=processor.max_arms,
-        max_joints=processor.max_joints,
         embodiments={e.name: e.urdf_sha256 for e in embodiments},
         **recipe.model,
     )

@@ -18,12 +18,18 @@ from ...embodiment.action_space import CanonicalActionSpace
 SLOT_RANGES = {"ee_pos": (-1.5, 1.5), "ee_rot6d": (-1.0, 1.0), "gripper": (0.0, 1.0), "joints": (-1.0, 1.0), "vel": (-1.0, 1.0)}
 
 
-def canonical_ranges(space: CanonicalActionSpace | None = None) -> tuple[list[float], list[float]]:
-    """Per-dimension (low, high) of the canonical action space."""
+def canonical_ranges(
+    space: CanonicalActionSpace | None = None, relative_position_range: float | None = None
+) -> tuple[list[float], list[float]]:
+    """Per-dimension (low, high) of the canonical action space; with ``relative_position_range``
+    end-effector positions are offsets from the current position within ±that many metres."""
     space = space or CanonicalActionSpace()
     low, high = [0.0] * space.dim, [0.0] * space.dim
     for name, slot in space.slots.items():
-        lo, hi = SLOT_RANGES[name.split(".")[1]]
+        kind = name.split(".")[1]
+        lo, hi = SLOT_RANGES[kind]
+        if kind == "ee_pos" and relative_position_range is not None:
+            lo, hi = -relative_position_range, relative_position_range
         for d in range(slot.start, slot.start + slot.size):
             low[d], high[d] = lo, hi
     return low, high

@@ -22,10 +22,8 @@ class WamConfig(PreTrainedConfig):
         action_bins: number of bins per action dimension (token ids ``0..action_bins-1``).
         action_dim: width of the canonical action space.
         chunk_length: actions predicted per chunk (H).
-        max_joints: most embodiment (joint) tokens a robot may have.
         joint_feature_dim: width of ``Embodiment.joint_features()``.
         state_slots: canonical slot boundaries ``[(start, size), ...]``; one state token per slot.
-        goal_dim: goal vector width (per arm: position 3 + 6D rotation 6).
         max_arms: arms the world head predicts end-effector positions for.
         image_size, patch_size, num_channels: optional image patches (``image_size=0`` disables).
         world_loss_weight: weight of the world-head loss.
@@ -48,10 +46,8 @@ class WamConfig(PreTrainedConfig):
         action_bins: int = 256,
         action_dim: int = 39,
         chunk_length: int = 8,
-        max_joints: int = 24,
         joint_feature_dim: int = JOINT_FEATURES,
         state_slots: list[list[int]] | None = None,
-        goal_dim: int = 18,
         max_arms: int = 2,
         image_size: int = 0,
         patch_size: int = 16,
@@ -74,10 +70,8 @@ class WamConfig(PreTrainedConfig):
         self.action_bins = action_bins
         self.action_dim = action_dim
         self.chunk_length = chunk_length
-        self.max_joints = max_joints
         self.joint_feature_dim = joint_feature_dim
         self.state_slots = state_slots if state_slots is not None else _default_slots()
-        self.goal_dim = goal_dim
         self.max_arms = max_arms
         self.image_size = image_size
         self.patch_size = patch_size

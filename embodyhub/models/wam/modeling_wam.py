@@ -23,7 +23,8 @@ from ...errors import InvalidActionError
 from .configuration_wam import WamConfig
 
 SEGMENT_JOINT, SEGMENT_STATE, SEGMENT_GOAL, SEGMENT_IMAGE, SEGMENT_ACTION = range(5)
-GOAL_PER_ARM = 9  # position (3) + 6D rotation (6)
+GOAL_PER_ARM = 12  # position (3) + 6D rotation (6) + position relative to the current end effector (3)
+LABEL_SIGMA = 1.5  # bins: width of the Gaussian soft labels (near misses earn partial credit)
 
 
 @dataclass
@@ -61,9 +62,12 @@ class WamRMSNorm(nn.Module):
 class WamRotaryEmbedding(nn.Module):
     def __init__(self, config: WamConfig) -> None:
         super().__init__()
-        dim = config.hidden_size // config.num_attention_heads
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.dim, self.base = config.hidden_size // config.num_attention_heads, config.rope_theta
+        self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
+
+    def compute_inv_freq(self) -> Tensor:
+        """Rotary frequencies; a non-persistent buffer, so ``_init_weights`` recomputes it after loading."""
+        return 1.0 / (self.base ** (torch.arange(0, self.dim, 2, dtype=torch.float32) / self.dim))
 
     def forward(self, x: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
         freqs = position_ids[..., None].float() * self.inv_freq
@@ -167,6 +171,9 @@ class WamPreTrainedModel(PreTrainedModel):
             nn.init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, WamRMSNorm):
             nn.init.ones_(module.weight)
+        elif isinstance(module, WamRotaryEmbedding):
+            with torch.no_grad():
+                module.inv_freq.copy_(module.compute_inv_freq())
 
 
 class WamModel(WamPreTrainedModel):
@@ -322,6 +329,16 @@ class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.action_head = value
 
+    def soft_label_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Cross-entropy against Gaussian-smoothed bin labels: bins are ordered, so a prediction one bin
+        off is nearly right; plain one-hot cross-entropy would score it like a random bin."""
+        valid = labels >= 0
+        flat = logits[valid].float()
+        bins = torch.arange(self.config.action_bins, device=logits.device, dtype=flat.dtype)
+        target = torch.exp(-0.5 * ((bins[None] - labels[valid][:, None].to(flat.dtype)) / LABEL_SIGMA) ** 2)
+        target = F.pad(target / target.sum(-1, keepdim=True), (0, flat.shape[-1] - self.config.action_bins))
+        return -(target * torch.log_softmax(flat, -1)).sum(-1).mean()
+
     def world_from_hidden(self, hidden: Tensor, action_steps: Tensor) -> Tensor:
         """Mean hidden state of each chunk step -> predicted end-effector positions ``[B, H, 3 * max_arms]``."""
         onehot = F.one_hot(action_steps.clamp_min(0), self.config.chunk_length).to(hidden.dtype)
@@ -347,7 +364,7 @@ class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
         logits = self.action_head(hidden)
         loss = action_loss = world_loss = world = None
         if labels is not None:
-            action_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+            action_loss = self.soft_label_loss(logits, labels)
             loss = action_loss
         if world_targets is not None:
             world = self.world_from_hidden(hidden, action_steps)

@@ -23,10 +23,11 @@ from ...embodiment import CanonicalActionSpace, Embodiment, KinematicAdapter
 from ...embodiment.spec import CARD_NAME, URDF_NAME
 from ...errors import EmbodimentMismatchError, InvalidActionError
 from ...kinematics.rotations import matrix_to_rotation_6d
-from .action_tokenizer import BinningActionTokenizer
+from .action_tokenizer import BinningActionTokenizer, canonical_ranges
 from .modeling_wam import GOAL_PER_ARM
 
 EMBODIMENTS_DIR = "embodiments"
+_RELATIVE_GOAL_SCALE = 10.0  # goal-minus-end-effector offsets in decimetres: O(1) inputs, like the rest
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
 
@@ -45,9 +46,13 @@ class WamProcessor(ProcessorMixin):
         max_arm_joints: int = 8,
         max_joints: int = 24,
         ik_restarts: int = 4,
+        relative_position_range: float | None = 0.25,
     ) -> None:
         self.space = CanonicalActionSpace(max_arms, max_arm_joints)
+        if action_low is None or action_high is None:
+            action_low, action_high = canonical_ranges(self.space, relative_position_range)
         self.bins = BinningActionTokenizer(action_bins, action_low, action_high)
+        self.relative_position_range = relative_position_range
         self.action_bins = action_bins
         self.action_low, self.action_high = self.bins.low.tolist(), self.bins.high.tolist()
         self.chunk_length = chunk_length
@@ -120,7 +125,7 @@ class WamProcessor(ProcessorMixin):
         q = q[None] if q.dim() == 1 else q
         B = q.shape[0]
         x, mask = adapter.to_canonical(q)
-        goal, goal_mask = self._goal(observation, emb, B)
+        goal, goal_mask = self._goal(observation, emb, x)
         dims, steps = self.schedule(emb)
         features: dict[str, Any] = {
             "joint_features": emb.joint_features().expand(B, -1, -1),
@@ -135,39 +140,53 @@ class WamProcessor(ProcessorMixin):
         if observation.get("pixel_values") is not None:
             features["pixel_values"] = torch.as_tensor(observation["pixel_values"], dtype=torch.float32)
         if actions is not None:
-            features.update(self._targets(actions, emb, dims, steps, B))
+            features.update(self._targets(actions, emb, x, dims, steps, B))
         batch = BatchFeature(features)
         batch["action_decoder"] = ActionDecoder(self, emb, q)
         return batch
 
-    def _goal(self, observation: Mapping[str, Any], emb: Embodiment, B: int) -> tuple[Tensor, Tensor]:
+    def _goal(self, observation: Mapping[str, Any], emb: Embodiment, state: Tensor) -> tuple[Tensor, Tensor]:
+        """Per arm: goal position, 6D rotation, and goal position minus the current end-effector position
+        (scaled to decimetres: the offset the policy must close is the most informative input)."""
         goal = observation.get("goal", observation.get("observation.goal"))
         if goal is None:
             raise InvalidActionError("observation needs 'goal' (target end-effector pose per arm)")
         goal = torch.as_tensor(goal, dtype=torch.float64)
-        n = len(emb.arms)
+        B, n = state.shape[0], len(emb.arms)
         if goal.shape[-2:] == (4, 4):
             goal = goal.reshape(-1, n, 4, 4) if goal.dim() > 2 else goal.reshape(1, 1, 4, 4)
             goal = torch.cat([goal[..., :3, 3], matrix_to_rotation_6d(goal[..., :3, :3])], -1).reshape(goal.shape[0], -1)
         goal = goal.reshape(-1, goal.shape[-1])
-        if goal.shape != (B, n * GOAL_PER_ARM):
+        if goal.shape != (B, n * 9):
             raise InvalidActionError(
-                f"goal has shape {tuple(goal.shape)}; expected [{B}, {n}, 4, 4] poses or [{B}, {n * GOAL_PER_ARM}] vectors"
+                f"goal has shape {tuple(goal.shape)}; expected [{B}, {n}, 4, 4] poses or [{B}, {n * 9}] vectors"
             )
         if not torch.isfinite(goal).all():
             raise InvalidActionError("goal contains NaN or infinite values")
-        padded = torch.zeros(B, self.max_arms * GOAL_PER_ARM, dtype=torch.float32)
-        padded[:, : n * GOAL_PER_ARM] = goal.float()
+        per_arm = goal.reshape(B, n, 9)
+        ee = torch.stack([state[:, self.space[f"arm{i}.ee_pos"]] for i in range(n)], 1)
+        per_arm = torch.cat([per_arm, (per_arm[..., :3] - ee) * _RELATIVE_GOAL_SCALE], -1)
+        padded = torch.zeros(B, self.max_arms, GOAL_PER_ARM, dtype=torch.float32)
+        padded[:, :n] = per_arm.float()
         goal_mask = torch.zeros(B, self.max_arms, dtype=torch.bool)
         goal_mask[:, :n] = True
-        return padded, goal_mask
+        return padded.reshape(B, -1), goal_mask
 
-    def _targets(self, actions: Tensor, emb: Embodiment, dims: Tensor, steps: Tensor, B: int) -> dict[str, Tensor]:
+    def _position_dims(self, emb: Embodiment) -> Tensor:
+        """Canonical dimensions coded relative to the current state (end-effector positions), if any."""
+        if self.relative_position_range is None:
+            return torch.zeros(0, dtype=torch.long)
+        return torch.cat([torch.arange(self.space.dim)[self.space[f"arm{i}.ee_pos"]] for i in range(len(emb.arms))])
+
+    def _targets(self, actions: Tensor, emb: Embodiment, state: Tensor, dims: Tensor, steps: Tensor, B: int) -> dict[str, Tensor]:
         actions = emb.check_q(torch.as_tensor(actions, dtype=torch.float64), "actions")
         if actions.shape[:2] != (B, self.chunk_length):
             raise InvalidActionError(f"actions must be [B={B}, H={self.chunk_length}, dof], got {tuple(actions.shape)}")
         x, _ = self.adapter(emb).to_canonical(actions)  # [B, H, D]
-        tokens = self.bins.encode(x[:, steps, dims], dims.expand(B, -1))
+        coded = x.clone()
+        rel = self._position_dims(emb)
+        coded[..., rel] -= state[:, None, rel]
+        tokens = self.bins.encode(coded[:, steps, dims], dims.expand(B, -1))
         bos = torch.full((B, 1), self.action_bins, dtype=torch.long)
         world = torch.zeros(B, self.chunk_length, 3 * self.max_arms)
         world_mask = torch.zeros_like(world, dtype=torch.bool)
@@ -196,6 +215,8 @@ class WamProcessor(ProcessorMixin):
         B, H = tokens.shape[0], self.chunk_length
         x = torch.zeros(B, H, self.space.dim, dtype=torch.float64)
         x[:, steps, dims] = self.bins.decode(tokens, dims.expand(B, -1))
+        rel = self._position_dims(emb)
+        x[..., rel] += adapter.to_canonical(q_current)[0][:, None, rel]
         predicted = torch.zeros(self.space.dim, dtype=torch.bool)
         predicted[dims] = True
         seed = q_current.repeat_interleave(H, 0)
