@@ -1211,7 +1211,7 @@ HARD_MUTATIONS = ("nan_origin", "garble_origin", "dup_link", "dup_joint", "cycle
 
 def _apply(draw, root, joints, mutation):
     """Apply one mutation; return True if it certainly makes the document invalid."""
-    links = root.findall("link")
+    links = [link for link in root.findall("link") if link.get("name") is not None]  # drop_attr may strip names
     if mutation == "drop_attr":
         elems = [e for e in root.iter() if e.attrib]
         e = draw(st.sampled_from(elems))
@@ -1256,7 +1256,7 @@ def _apply(draw, root, joints, mutation):
         o.set(draw(st.sampled_from(["xyz", "rpy"])), " ".join(vals))
         return True
     if mutation == "dup_joint":
-        others = [k for k in joints if k is not j]
+        others = [k for k in joints if k is not j and k.get("name") is not None]  # an earlier drop_attr may remove names
         if not others:
             return False
         j.set("name", draw(st.sampled_from(others)).get("name"))

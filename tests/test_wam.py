@@ -207,3 +207,15 @@ def test_action_queue_replans_when_empty():
     queue = ActionQueue(policy, replan_every=2)
     calls.clear()
     assert [float(queue(torch.zeros(1))) for _ in range(4)] == [10, 11, 20, 21]
+
+
+def test_generation_mixin_generate_matches_cached_decoding(setup):
+    model, processor, _ = setup
+    dims, steps, prefix = decode_inputs(processor(observation(processor.resolve("baxter"), batch=2), "baxter"))
+    reference = model.sample_action_tokens(dims, steps, **prefix)["tokens"]
+    bos = torch.full((2, 1), model.config.bos_token_id)
+    out = model.generate(
+        input_ids=bos, action_dims=dims, action_steps=steps, max_new_tokens=dims.shape[1], do_sample=False,
+        suppress_tokens=[model.config.bos_token_id], pad_token_id=0, **prefix,
+    )
+    assert torch.equal(out[:, 1:], reference)

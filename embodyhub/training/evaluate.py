@@ -48,7 +48,12 @@ def plot_results(results: dict[str, dict[str, Any]], path: str | Path, title: st
     import matplotlib.pyplot as plt
 
     names = list(results)
-    fig, axes = plt.subplots(1, 1 + len(names), figsize=(4 * (1 + len(names)), 4))
+    cols = min(4, 1 + len(names))
+    rows = -(-(1 + len(names)) // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(4 * cols, 3.6 * rows), squeeze=False)
+    axes = grid.flatten()
+    for ax in axes[1 + len(names) :]:
+        ax.axis("off")
     axes[0].bar(names, [100 * results[n]["success_rate"] for n in names], color="tab:blue")
     axes[0].set_ylim(0, 100)
     axes[0].set_ylabel("success (%)")

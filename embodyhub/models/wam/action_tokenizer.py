@@ -19,17 +19,21 @@ SLOT_RANGES = {"ee_pos": (-1.5, 1.5), "ee_rot6d": (-1.0, 1.0), "gripper": (0.0, 
 
 
 def canonical_ranges(
-    space: CanonicalActionSpace | None = None, relative_position_range: float | None = None
+    space: CanonicalActionSpace | None = None,
+    relative_position_range: float | None = None,
+    relative_rotation_range: float | None = None,
 ) -> tuple[list[float], list[float]]:
-    """Per-dimension (low, high) of the canonical action space; with ``relative_position_range``
-    end-effector positions are offsets from the current position within ±that many metres."""
+    """Per-dimension (low, high) of the canonical action space. With ``relative_position_range``
+    end-effector positions are offsets from the current position within ±that many metres; with
+    ``relative_rotation_range`` the 6D rotation entries are offsets from the current ones."""
     space = space or CanonicalActionSpace()
     low, high = [0.0] * space.dim, [0.0] * space.dim
     for name, slot in space.slots.items():
         kind = name.split(".")[1]
         lo, hi = SLOT_RANGES[kind]
-        if kind == "ee_pos" and relative_position_range is not None:
-            lo, hi = -relative_position_range, relative_position_range
+        relative = {"ee_pos": relative_position_range, "ee_rot6d": relative_rotation_range}.get(kind)
+        if relative is not None:
+            lo, hi = -relative, relative
         for d in range(slot.start, slot.start + slot.size):
             low[d], high[d] = lo, hi
     return low, high

@@ -23,7 +23,7 @@ from ...errors import InvalidActionError
 from .configuration_wam import WamConfig
 
 SEGMENT_JOINT, SEGMENT_STATE, SEGMENT_GOAL, SEGMENT_IMAGE, SEGMENT_ACTION = range(5)
-GOAL_PER_ARM = 12  # position (3) + 6D rotation (6) + position relative to the current end effector (3)
+GOAL_PER_ARM = 18  # position (3) + 6D rotation (6), then both relative to the current end effector (9)
 LABEL_SIGMA = 1.5  # bins: width of the Gaussian soft labels (near misses earn partial credit)
 
 
@@ -351,6 +351,14 @@ class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
         input_ids: Tensor,
         action_dims: Tensor,
         action_steps: Tensor,
+        joint_features: Tensor | None = None,
+        joint_mask: Tensor | None = None,
+        state: Tensor | None = None,
+        state_mask: Tensor | None = None,
+        goal: Tensor | None = None,
+        goal_mask: Tensor | None = None,
+        pixel_values: Tensor | None = None,
+        attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
         world_targets: Tensor | None = None,
         world_mask: Tensor | None = None,
@@ -358,8 +366,14 @@ class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
         use_cache: bool = False,
         **kwargs: Any,
     ) -> WamActionOutput:
-        """Logits for every action position; with ``labels`` the token loss, with ``world_targets`` the world loss."""
-        out = self.model(input_ids, action_dims, action_steps, cache=cache, use_cache=use_cache, **kwargs)
+        """Logits for every action position; with ``labels`` the token loss, with ``world_targets`` the world loss.
+
+        The prefix inputs (``joint_features`` ... ``goal_mask``, optional ``pixel_values``) come from
+        ``WamProcessor`` and are needed only while the cache is empty."""
+        out = self.model(
+            input_ids, action_dims, action_steps, joint_features, joint_mask, state, state_mask, goal, goal_mask,
+            pixel_values, attention_mask, cache=cache, use_cache=use_cache,
+        )
         hidden = out.last_hidden_state[:, -input_ids.shape[1] :]
         logits = self.action_head(hidden)
         loss = action_loss = world_loss = world = None
@@ -381,6 +395,27 @@ class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
             action_loss=action_loss,
             world_loss=world_loss,
         )
+
+    def prepare_inputs_for_generation(
+        self, input_ids: Tensor, cache: Cache | None = None, action_dims: Tensor | None = None,
+        action_steps: Tensor | None = None, joint_mask: Tensor | None = None, **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Lets ``model.generate(input_ids=BOS, action_dims=..., action_steps=..., **prefix)`` decode the
+        action schedule: the prefix goes in once, then one token per step with its (dimension, step)."""
+        if action_dims is None or action_steps is None or joint_mask is None:
+            raise InvalidActionError("generate() needs the processor's action_dims, action_steps and prefix inputs")
+        past = cache.get_seq_length() if cache is not None else 0
+        k = input_ids.shape[1]
+        inputs: dict[str, Any] = {"cache": cache, "use_cache": True}
+        if past == 0:
+            prefix = ("joint_features", "state", "state_mask", "goal", "goal_mask", "pixel_values")
+            inputs.update({key: kwargs.get(key) for key in prefix}, joint_mask=joint_mask, input_ids=input_ids)
+            inputs.update(action_dims=action_dims[:, :k], action_steps=action_steps[:, :k])
+        else:
+            rest = torch.ones(joint_mask.shape[0], past + 1 - joint_mask.shape[1], dtype=torch.bool, device=input_ids.device)
+            inputs.update(input_ids=input_ids[:, -1:], attention_mask=torch.cat([joint_mask.bool(), rest], 1))
+            inputs.update(action_dims=action_dims[:, k - 1 : k], action_steps=action_steps[:, k - 1 : k])
+        return inputs
 
     @torch.no_grad()
     def sample_action_tokens(

@@ -27,7 +27,7 @@ from .action_tokenizer import BinningActionTokenizer, canonical_ranges
 from .modeling_wam import GOAL_PER_ARM
 
 EMBODIMENTS_DIR = "embodiments"
-_RELATIVE_GOAL_SCALE = 10.0  # goal-minus-end-effector offsets in decimetres: O(1) inputs, like the rest
+_RELATIVE_GOAL_SCALE = 10.0  # goal-minus-end-effector offsets (decimetres, 6D entries x10): O(1) inputs
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
 
@@ -47,12 +47,14 @@ class WamProcessor(ProcessorMixin):
         max_joints: int = 24,
         ik_restarts: int = 4,
         relative_position_range: float | None = 0.25,
+        relative_rotation_range: float | None = 0.5,
     ) -> None:
         self.space = CanonicalActionSpace(max_arms, max_arm_joints)
         if action_low is None or action_high is None:
-            action_low, action_high = canonical_ranges(self.space, relative_position_range)
+            action_low, action_high = canonical_ranges(self.space, relative_position_range, relative_rotation_range)
         self.bins = BinningActionTokenizer(action_bins, action_low, action_high)
         self.relative_position_range = relative_position_range
+        self.relative_rotation_range = relative_rotation_range
         self.action_bins = action_bins
         self.action_low, self.action_high = self.bins.low.tolist(), self.bins.high.tolist()
         self.chunk_length = chunk_length
@@ -146,8 +148,8 @@ class WamProcessor(ProcessorMixin):
         return batch
 
     def _goal(self, observation: Mapping[str, Any], emb: Embodiment, state: Tensor) -> tuple[Tensor, Tensor]:
-        """Per arm: goal position, 6D rotation, and goal position minus the current end-effector position
-        (scaled to decimetres: the offset the policy must close is the most informative input)."""
+        """Per arm: goal position and 6D rotation, then the goal minus the current end-effector pose
+        (scaled by 10: the offset the policy must close is the most informative input)."""
         goal = observation.get("goal", observation.get("observation.goal"))
         if goal is None:
             raise InvalidActionError("observation needs 'goal' (target end-effector pose per arm)")
@@ -164,19 +166,20 @@ class WamProcessor(ProcessorMixin):
         if not torch.isfinite(goal).all():
             raise InvalidActionError("goal contains NaN or infinite values")
         per_arm = goal.reshape(B, n, 9)
-        ee = torch.stack([state[:, self.space[f"arm{i}.ee_pos"]] for i in range(n)], 1)
-        per_arm = torch.cat([per_arm, (per_arm[..., :3] - ee) * _RELATIVE_GOAL_SCALE], -1)
+        ee = torch.stack([state[:, self.space[f"arm{i}.ee_pos"].start : self.space[f"arm{i}.ee_rot6d"].stop] for i in range(n)], 1)
+        per_arm = torch.cat([per_arm, (per_arm - ee) * _RELATIVE_GOAL_SCALE], -1)
         padded = torch.zeros(B, self.max_arms, GOAL_PER_ARM, dtype=torch.float32)
         padded[:, :n] = per_arm.float()
         goal_mask = torch.zeros(B, self.max_arms, dtype=torch.bool)
         goal_mask[:, :n] = True
         return padded.reshape(B, -1), goal_mask
 
-    def _position_dims(self, emb: Embodiment) -> Tensor:
-        """Canonical dimensions coded relative to the current state (end-effector positions), if any."""
-        if self.relative_position_range is None:
-            return torch.zeros(0, dtype=torch.long)
-        return torch.cat([torch.arange(self.space.dim)[self.space[f"arm{i}.ee_pos"]] for i in range(len(emb.arms))])
+    def _relative_dims(self, emb: Embodiment) -> Tensor:
+        """Canonical dimensions coded as offsets from the current state (end-effector pose, if enabled):
+        per-step motions are far smaller than the workspace, so offsets get the bins' full resolution."""
+        kinds = [k for k, r in (("ee_pos", self.relative_position_range), ("ee_rot6d", self.relative_rotation_range)) if r is not None]
+        dims = [torch.arange(self.space.dim)[self.space[f"arm{i}.{k}"]] for i in range(len(emb.arms)) for k in kinds]
+        return torch.cat(dims) if dims else torch.zeros(0, dtype=torch.long)
 
     def _targets(self, actions: Tensor, emb: Embodiment, state: Tensor, dims: Tensor, steps: Tensor, B: int) -> dict[str, Tensor]:
         actions = emb.check_q(torch.as_tensor(actions, dtype=torch.float64), "actions")
@@ -184,7 +187,7 @@ class WamProcessor(ProcessorMixin):
             raise InvalidActionError(f"actions must be [B={B}, H={self.chunk_length}, dof], got {tuple(actions.shape)}")
         x, _ = self.adapter(emb).to_canonical(actions)  # [B, H, D]
         coded = x.clone()
-        rel = self._position_dims(emb)
+        rel = self._relative_dims(emb)
         coded[..., rel] -= state[:, None, rel]
         tokens = self.bins.encode(coded[:, steps, dims], dims.expand(B, -1))
         bos = torch.full((B, 1), self.action_bins, dtype=torch.long)
@@ -215,7 +218,7 @@ class WamProcessor(ProcessorMixin):
         B, H = tokens.shape[0], self.chunk_length
         x = torch.zeros(B, H, self.space.dim, dtype=torch.float64)
         x[:, steps, dims] = self.bins.decode(tokens, dims.expand(B, -1))
-        rel = self._position_dims(emb)
+        rel = self._relative_dims(emb)
         x[..., rel] += adapter.to_canonical(q_current)[0][:, None, rel]
         predicted = torch.zeros(self.space.dim, dtype=torch.bool)
         predicted[dims] = True
