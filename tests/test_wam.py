@@ -219,3 +219,24 @@ def test_generation_mixin_generate_matches_cached_decoding(setup):
         suppress_tokens=[model.config.bos_token_id], pad_token_id=0, **prefix,
     )
     assert torch.equal(out[:, 1:], reference)
+
+
+def test_optional_image_patches_join_the_prefix():
+    torch.manual_seed(0)
+    processor = WamProcessor(chunk_length=2)
+    emb = load_robot("so100")
+    config = WamConfig(chunk_length=2, image_size=32, patch_size=16, **TINY)
+    model = WamForActionPrediction(config).eval()
+    obs = observation(emb, batch=2)
+    images = torch.rand(2, 3, 32, 32)
+    dims, steps, prefix = decode_inputs(processor({**obs, "pixel_values": images}, emb))
+    assert prefix["pixel_values"].shape == (2, 3, 32, 32)
+    with_images = model(torch.full((2, 1), config.bos_token_id), dims[:, :1], steps[:, :1], **prefix).logits
+    prefix["pixel_values"] = torch.zeros_like(images)
+    blank = model(torch.full((2, 1), config.bos_token_id), dims[:, :1], steps[:, :1], **prefix).logits
+    assert not torch.allclose(with_images, blank)  # the patches reach the action positions
+    tokens = model.sample_action_tokens(dims, steps, **prefix)["tokens"]
+    assert tokens.shape == dims.shape
+    text_only = WamForActionPrediction(WamConfig(chunk_length=2, **TINY)).eval()
+    with pytest.raises(InvalidActionError, match="without image inputs"):
+        text_only.sample_action_tokens(dims, steps, **prefix)
