@@ -232,7 +232,8 @@ class WamModel(WamPreTrainedModel):
         goals = goal.view(B, cfg.max_arms, GOAL_PER_ARM).to(dtype)
         goals = (self.goal_proj(goals) + self.arm_embed.weight) * goal_mask[..., None] + seg[SEGMENT_GOAL]
         parts = [joints, states, goals]
-        masks = [joint_mask.bool(), state_mask.new_ones(B, len(cfg.state_slots), dtype=torch.bool), goal_mask.bool() | True]
+        # Goal tokens of absent arms are zeroed above but stay attendable, like the state slot tokens.
+        masks = [joint_mask.bool(), state_mask.new_ones(B, len(cfg.state_slots) + cfg.max_arms, dtype=torch.bool)]
         if pixel_values is not None:
             if self.patch_proj is None:
                 raise InvalidActionError("this model was configured without image inputs (image_size=0)")

@@ -236,11 +236,11 @@ class WamProcessor(ProcessorMixin):
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> list[str]:
         """``processor_config.json`` plus ``embodiments/<name>/{embodiment.json, robot.urdf}``."""
+        if push_to_hub:
+            raise NotImplementedError("pushing lands with embodyhub.hub (the publishing issue); save, then upload the folder")
         files = super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
         for name, emb in self.embodiments.items():
             emb.save_pretrained(Path(save_directory) / EMBODIMENTS_DIR / name)
-        if push_to_hub:
-            raise NotImplementedError("push with embodyhub.hub (lands with the publishing issue)")
         return files
 
     @classmethod
