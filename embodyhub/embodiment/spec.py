@@ -95,6 +95,7 @@ class Embodiment:
         self.gripper_indices = torch.tensor([names.index(g.joint) for g in self.grippers], dtype=torch.long)
 
         self.lower, self.upper, self.velocity_limit = robot.limits(names)
+        self._joint_features: Tensor | None = None
 
     def _gripper_specs(self, grippers: Sequence[GripperSpec | str | dict | None]) -> list[GripperSpec]:
         if len(grippers) > len(self.arms):
@@ -281,30 +282,32 @@ class Embodiment:
 
         Built from the URDF alone (joint type, role, axis and origin in the arm base frame at q = 0,
         limits, velocity limit, depth in the chain), so an unseen robot still gets a description.
+        Computed once (it runs FK per joint) and shared: treat the returned tensor as read-only.
         """
+        if self._joint_features is not None:
+            return self._joint_features
         rows = []
-        for name in self.joint_names:
+        lower, upper = finite_range(self.lower, self.upper)
+        for i, name in enumerate(self.joint_names):
             joint = self.robot.joints[name]
-            arm = next((i for i, c in enumerate(self.chains) if name in c.joint_names), None)
+            arm = next((k for k, c in enumerate(self.chains) if name in c.joint_names), None)
             gripper = next((g.arm for g in self.grippers if g.joint == name), None)
             kind = [joint.type == "revolute", joint.type == "continuous", joint.type == "prismatic"]
             role = [arm == 0, arm == 1, gripper == 0, gripper == 1]
-            owner = arm if arm is not None else gripper
-            chain = self.chains[owner]  # type: ignore[index]
-            path = self.robot.path(chain.base_link, joint.child)
-            origin = chain.robot.chain(chain.base_link, joint.child)
+            base = self.chains[arm if arm is not None else gripper].base_link  # type: ignore[index]
+            depth = len(self.robot.path(base, joint.child))
+            origin = self.robot.chain(base, joint.child)
             T = origin.forward_kinematics(torch.zeros(origin.dof, dtype=torch.float64))
             axis = T[:3, :3] @ torch.tensor(joint.axis, dtype=torch.float64)
-            i = self.joint_names.index(name)
-            lo, hi = (float(v) for v in finite_range(self.lower[i : i + 1], self.upper[i : i + 1]))
             vel = float(self.velocity_limit[i])
             rows.append(
                 [float(v) for v in kind + role]
                 + axis.tolist()
                 + T[:3, 3].tolist()
-                + [lo / math.pi, hi / math.pi, math.log1p(vel) if math.isfinite(vel) else 5.0, len(path) / 10]
+                + [float(lower[i]) / math.pi, float(upper[i]) / math.pi, math.log1p(vel) if math.isfinite(vel) else 5.0, depth / 10]
             )
-        return torch.tensor(rows, dtype=torch.float32)
+        self._joint_features = torch.tensor(rows, dtype=torch.float32)
+        return self._joint_features
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` native configurations uniform within limits (continuous joints in [-pi, pi]), float64."""

@@ -101,7 +101,8 @@ def inverse_kinematics(
         pe, re = e[:, :3].norm(dim=-1), e[:, 3:].norm(dim=-1)
         solved = (pe <= tol_pos) & (re <= tol_rot)
         # Any solved iterate beats any unsolved one, so the returned q always matches ``success``.
-        cost = torch.where(solved, 0.0, 2.0) + (pe / tol_pos + re / tol_rot).clamp_max(1e9) * torch.where(solved, 1e-9, 1.0)
+        # (a solved cost is at most 2, an unsolved one above 1 + 2).
+        cost = pe / tol_pos + re / tol_rot + torch.where(solved, 0.0, 2.0)
         lowest = best_cost.scatter_reduce(0, owner, cost, "amin")
         win = (cost < best_cost[owner]) & (cost == lowest[owner])
         idx = owner[win]
