@@ -26,7 +26,6 @@ import math
 import os
 import pathlib
 import signal
-import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
