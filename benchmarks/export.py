@@ -1,0 +1,264 @@
+"""Thor export benchmark: size, action error, closed-loop success and latency per precision.
+
+Peer: the same WAM in float32 (eager PyTorch, and its own float32 bundle for sizes). On CPU it prints,
+for float32 / int8 / int4 / fp8 bundles of the tiny base: bundle and weight-file size vs float32, the
+action error vs float32 in normalized units (fraction of each canonical dimension's range) and token
+agreement, closed-loop reach success of the quantized model (``evaluate_reach``), and latency per
+chunk (token decoding) of eager float32, the quantized torch-reference path and onnxruntime.
+
+With CUDA it adds: batch-1 GEMV on the largest Linear of the tiny WAM and of a 100M+-parameter WAM
+config, bf16 torch vs the fused Triton int8/int4 kernels, next to the bandwidth floor (weight bytes /
+measured device copy bandwidth); and the 100M config's chunk decode (bf16 vs int8 vs int4) vs its floor.
+
+    python benchmarks/export.py [--model DIR] [--robot panda] [--episodes 50] [--sizes] [--out /tmp/eh_export_bench]
+
+``--sizes`` adds the weight-file and decode-step-graph sizes of a wider (17M-parameter) WAM per precision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import embodyhub  # noqa: F401  (registers the Auto classes)
+from embodyhub.embodiment import load_robot
+from embodyhub.export import QuantConfig, quantize_model
+from embodyhub.export.fused import fuse_decoder
+from embodyhub.export.onnx import (
+    PolicyGraph,
+    example_inputs,
+    ort_session,
+)
+from embodyhub.export.thor import build_bundle, load_model, median_ms
+from embodyhub.training import evaluate_reach
+
+PRECISIONS = ["float32", "int8", "int4", "fp8"]
+BIG = dict(hidden_size=1024, num_hidden_layers=8, num_attention_heads=16, intermediate_size=4096)  # ~134M params (GPU tables)
+MID = dict(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, intermediate_size=2048)  # ~17M params (file sizes)
+
+
+def action_error(model, reference, processor, emb, samples: int = 32) -> tuple[float, float, float]:
+    """Mean and max |canonical(quantized) - canonical(float32)| as a fraction of each dimension's range
+    (over the dimensions the robot predicts), and token agreement, on random observations."""
+    width = (processor.bins.high - processor.bins.low).float()
+    dims = processor.schedule(emb)[0].unique()
+    errs, agree = [], []
+    for seed in range(samples):
+        q, goal = example_inputs(emb, 1, 1000 + seed)
+        with torch.no_grad():
+            t_ref, c_ref = PolicyGraph(reference, processor, emb)(q, goal)
+            t_q, c_q = PolicyGraph(model, processor, emb)(q, goal)
+        errs.append(((c_q - c_ref).abs() / width)[..., dims].flatten())
+        agree.append(float((t_q == t_ref).float().mean()))
+    e = torch.cat(errs)
+    return float(e.mean()), float(e.max()), sum(agree) / len(agree)
+
+
+def chunk_runners(model, processor, emb, onnx_path: Path, q: torch.Tensor, goal: torch.Tensor) -> dict[str, Callable[[], None]]:
+    """One chunk's token decoding at batch 1: eager torch (reference kernels), eager with the weights
+    dequantized once per chunk, and onnxruntime on the bundle's graph."""
+    graph = PolicyGraph(model, processor, emb)
+    session = ort_session(onnx_path)
+    feed = {"q": q.numpy(), "goal": goal.numpy()}
+
+    @torch.no_grad()
+    def eager() -> None:  # the graph's work (processor, token decoding, bin decoding), reference kernels per token
+        batch = dict(processor({"state": q, "goal": goal}, emb))
+        batch.pop("action_decoder")
+        dims, steps = batch.pop("action_dims"), batch.pop("action_steps")
+        graph.canonical(model.sample_action_tokens(dims, steps, **batch)["tokens"], batch["state"])
+
+    @torch.no_grad()
+    def once() -> None:  # PolicyGraph dequantizes once per chunk
+        graph(q, goal)
+
+    return {"torch": eager, "once": once, "ort": lambda: session.run(None, feed)}
+
+
+def success(model, processor, robots, episodes: int) -> float:
+    results = evaluate_reach(model, processor, robots, episodes=episodes, goal_distance=0.3)
+    return sum(r["success_rate"] for r in results.values()) / len(results)
+
+
+def cpu_table(args: argparse.Namespace) -> None:
+    model_dir = args.model
+    if model_dir is None:
+        from embodyhub.pretrained import tiny_base
+
+        model_dir = tiny_base()
+    reference, processor, _ = load_model(model_dir)
+    emb = processor.resolve(args.robot)
+    robots = [processor.resolve(n) for n in processor.embodiment_names]
+    q, goal = example_inputs(emb, 1)
+    rows, runners = [], {}
+    for precision in PRECISIONS:
+        model, _, _ = load_model(model_dir)
+        config = QuantConfig(precision, group_size=args.group_size, keep_float="float32" if precision == "float32" else "float16")
+        out = Path(args.out) / precision
+        manifest = build_bundle(model, processor, out, config, [args.robot], latency_repeats=args.repeats)
+        files = manifest["files"]
+        mean_err, max_err, agree = action_error(model, reference, processor, emb)
+        runners[precision] = chunk_runners(model, processor, emb, out / f"policy_{args.robot}.onnx", q, goal)
+        rows.append({
+            "precision": precision,
+            "bundle_bytes": manifest["bytes_total"],
+            "weights_bytes": files["model.quantized.safetensors"]["bytes"],
+            "onnx_bytes": files[f"policy_{args.robot}.onnx"]["bytes"],
+            "err_mean": mean_err, "err_max": max_err, "token_agreement": agree,
+            "onnx_max_abs": manifest["embodiments"][0]["onnx_check"]["max_abs_canonical"],
+            "success": success(model, processor, robots, args.episodes),
+            "budget_ms": manifest["embodiments"][0]["budget_ms"],
+        })
+        print(f"built {precision}: {out}", flush=True)
+    # Latency round-robin over precisions and paths, so a busy neighbour on a shared CPU slows all alike.
+    samples: dict[tuple[str, str], list[float]] = {(p, k): [] for p in runners for k in ("torch", "once", "ort")}
+    for _ in range(args.repeats + 2):
+        for precision, fns in runners.items():
+            for kind, fn in fns.items():
+                start = time.perf_counter()
+                fn()
+                samples[(precision, kind)].append((time.perf_counter() - start) * 1e3)
+    for r in rows:
+        for kind in ("torch", "once", "ort"):
+            r[f"{kind}_ms"] = statistics.median(samples[(r["precision"], kind)][2:])
+    f32 = rows[0]
+    print(f"\ntiny base {model_dir}, robot {args.robot}, CPU {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}")
+    print(f"{'precision':<9} {'bundle MB':>9} {'x f32':>6} {'weights MB':>10} {'x f32':>6} {'onnx MB':>8} {'err mean':>9} {'err max':>8} "
+          f"{'tokens':>7} {'onnx diff':>9} {'success':>8} {'torch ms':>9} {'once ms':>8} {'ort ms':>7}")
+    for r in rows:
+        print(f"{r['precision']:<9} {r['bundle_bytes'] / 1e6:>9.2f} {r['bundle_bytes'] / f32['bundle_bytes']:>6.3f} "
+              f"{r['weights_bytes'] / 1e6:>10.2f} {r['weights_bytes'] / f32['weights_bytes']:>6.3f} {r['onnx_bytes'] / 1e6:>8.2f} "
+              f"{r['err_mean']:>9.4f} {r['err_max']:>8.4f} {r['token_agreement']:>7.1%} {r['onnx_max_abs']:>9.1e} "
+              f"{r['success']:>8.1%} {r['torch_ms']:>9.1f} {r['once_ms']:>8.1f} {r['ort_ms']:>7.1f}")
+    print(f"success: mean closed-loop reach success over {len(robots)} robots x {args.episodes} episodes (quantized torch path)")
+    print(f"latency: median ms per chunk at batch 1, round-robin over {args.repeats} rounds (budget {f32['budget_ms']:.0f} ms for "
+          f"{args.robot}, which also pays the host's IK decode); all three run the bundle graph's work (processor, token "
+          "decoding, bin decoding): torch = eager with the reference kernels, once = weights dequantized once per chunk "
+          "(PolicyGraph's own path; the float32 row is plain eager), ort = onnxruntime 1 thread")
+    (Path(args.out) / "export_bench.json").write_text(json.dumps(rows, indent=2))
+
+
+def mid_sizes(args: argparse.Namespace) -> None:
+    """Weight file and decode-step graph sizes per precision for a wider WAM (random weights: sizes depend on
+    shapes only), where the weights rather than the graph structure dominate. The decode step (one token,
+    not the unrolled chunk) keeps the export's memory small: tracing the unrolled 100M+ policy graph needs
+    more than 20 GB of host memory."""
+    from embodyhub.export.onnx import export_decode_step
+    from embodyhub.export.quantize import save_quantized
+    from embodyhub.models.wam import WamConfig, WamForActionPrediction, WamProcessor
+
+    processor = WamProcessor(chunk_length=4)
+    processor.add_embodiment(load_robot(args.robot))
+    rows = []
+    for precision in ("float32", "int8", "int4"):
+        torch.manual_seed(0)
+        model = WamForActionPrediction(WamConfig(chunk_length=4, **MID)).eval()
+        params = sum(p.numel() for p in model.parameters())
+        keep = "float32" if precision == "float32" else "float16"
+        quantize_model(model, QuantConfig(precision, group_size=args.group_size, keep_float=keep))
+        out = Path(args.out) / f"mid_{precision}"
+        weights = save_quantized(model, out).stat().st_size
+        onnx_bytes = export_decode_step(model, processor, args.robot, out / "decode_step.onnx").stat().st_size
+        rows.append((precision, params, weights, onnx_bytes))
+    print(f"\nwider WAM {MID}: files per precision")
+    print(f"{'precision':<9} {'params M':>8} {'weights MB':>10} {'x f32':>6} {'step onnx MB':>12} {'x f32':>6}")
+    f32 = rows[0]
+    for precision, params, weights, onnx_bytes in rows:
+        print(f"{precision:<9} {params / 1e6:>8.1f} {weights / 1e6:>10.1f} {weights / f32[2]:>6.3f} {onnx_bytes / 1e6:>12.1f} {onnx_bytes / f32[3]:>6.3f}")
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy bandwidth in bytes/s (read + write of a 1 GiB buffer)."""
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: (dst.copy_(src), torch.cuda.synchronize()), 10)
+    return 2 * src.numel() / (ms / 1e3)
+
+
+@torch.no_grad()
+def chunk_ms(model, dims: torch.Tensor, steps: torch.Tensor, inputs: dict) -> float:
+    """Median ms to decode one chunk's tokens on the GPU (synchronized)."""
+
+    def run() -> None:
+        model.sample_action_tokens(dims, steps, **inputs)
+        torch.cuda.synchronize()
+
+    return median_ms(run, 5)
+
+
+def gpu_tables(args: argparse.Namespace) -> None:
+    from embodyhub.export.quantize import QuantizedLinear
+    from embodyhub.models.wam import WamConfig, WamForActionPrediction, WamProcessor
+
+    bandwidth = copy_bandwidth()
+    print(f"\nGPU {torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e9:.0f} GB/s")
+    print(f"{'shape (N x K)':<16} {'bf16 us':>8} {'int8 us':>8} {'int4 us':>8} {'int4 floor us':>13} {'bf16/int4':>9}")
+    for N, K in [(256, 128), (BIG["intermediate_size"], BIG["hidden_size"]), (BIG["hidden_size"], BIG["intermediate_size"])]:
+        linear = torch.nn.Linear(K, N, bias=False).cuda()
+        x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
+        w16 = linear.weight.to(torch.bfloat16)
+        times = {"bf16": median_ms(lambda: (torch.nn.functional.linear(x, w16), torch.cuda.synchronize()), 50) * 1e3}
+        for precision in ("int8", "int4"):
+            layer = QuantizedLinear.from_linear(linear, precision, 128)
+            times[precision] = median_ms(lambda: (layer(x), torch.cuda.synchronize()), 50) * 1e3
+            if precision == "int4":
+                int4_bytes = sum(t.numel() * t.element_size() for t in layer.state_dict().values())
+        print(f"{N:>6} x {K:<7} {times['bf16']:>8.1f} {times['int8']:>8.1f} {times['int4']:>8.1f} "
+              f"{1e6 * int4_bytes / bandwidth:>13.1f} {times['bf16'] / times['int4']:>9.2f}")
+
+    processor = WamProcessor(chunk_length=8)
+    emb = load_robot(args.robot)
+    q, goal = example_inputs(emb, 1)
+    inputs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in processor({"state": q, "goal": goal}, emb).items()}
+    dims, steps = inputs.pop("action_dims"), inputs.pop("action_steps")
+    inputs.pop("action_decoder")
+    print(f"\n100M+ WAM config {BIG}, chunk of {dims.shape[1]} tokens ({args.robot}, chunk_length 8), batch 1")
+    print(f"{'precision':<9} {'params M':>8} {'weight MB':>9} {'chunk ms':>9} {'floor ms':>9} {'x floor':>8}")
+    for precision in ("bf16", "int8", "int4"):
+        model = WamForActionPrediction(WamConfig(chunk_length=8, **BIG)).eval()
+        params = sum(p.numel() for p in model.parameters())
+        if precision == "bf16":
+            model = model.to(torch.bfloat16)
+        else:
+            quantize_model(model, QuantConfig(precision, group_size=128, keep_float="bfloat16"))
+            model = fuse_decoder(model).to(torch.bfloat16)  # activations and float tensors in bf16; codes stay integer
+        model = model.cuda()
+        weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        ms = chunk_ms(model, dims, steps, inputs)
+        floor_ms = 1e3 * dims.shape[1] * weight_bytes / bandwidth  # every token reads every weight once
+        print(f"{precision:<9} {params / 1e6:>8.1f} {weight_bytes / 1e6:>9.1f} {ms:>9.2f} {floor_ms:>9.3f} {ms / floor_ms:>8.1f}")
+        del model
+        torch.cuda.empty_cache()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="saved model folder (default: the shipped tiny base)")
+    parser.add_argument("--robot", default="panda")
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--group-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--out", default="/tmp/eh_export_bench")
+    parser.add_argument("--skip-cpu", action="store_true", help="only the GPU tables")
+    parser.add_argument("--sizes", action="store_true", help="also the file sizes of a wider (17M) WAM per precision")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if not args.skip_cpu:
+        cpu_table(args)
+    if args.sizes:
+        mid_sizes(args)
+    if torch.cuda.is_available():
+        gpu_tables(args)
+    else:
+        print("\nno CUDA device: the GPU tables (fused int4/int8 GEMV vs bf16, 100M-config decode vs bandwidth floor) were not run")
+
+
+if __name__ == "__main__":
+    main()

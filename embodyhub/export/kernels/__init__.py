@@ -1,0 +1,68 @@
+"""Fused kernels with automatic selection: Triton on CUDA tensors, the pure-torch reference elsewhere.
+
+``EMBODYHUB_KERNELS=torch`` forces the reference everywhere (``triton`` forces Triton, e.g. with
+``TRITON_INTERPRET=1`` on CPU). Tracing for ONNX always takes the reference path, so the exported
+graph is made of standard operators. A machine without an importable Triton falls back silently.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from . import reference
+
+__all__ = ["add_rmsnorm", "backend", "decode_attention", "fp8_linear", "int4_linear", "int8_linear", "reference", "triton_module"]
+
+
+@functools.lru_cache(maxsize=1)
+def triton_module() -> ModuleType | None:
+    """The Triton kernel module, or None when Triton cannot be imported here."""
+    try:
+        from . import triton_kernels
+    except Exception:  # noqa: BLE001  (no triton for this platform, or a broken install: use the reference)
+        return None
+    return triton_kernels
+
+
+def backend(x: Tensor) -> str:
+    """``"triton"`` or ``"torch"`` for an input tensor (device, tracing state, override, availability)."""
+    forced = os.environ.get("EMBODYHUB_KERNELS", "").lower()
+    if forced == "torch" or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return "torch"
+    if (forced == "triton" or x.is_cuda) and triton_module() is not None:
+        return "triton"
+    return "torch"
+
+
+def _impl(x: Tensor) -> ModuleType:
+    return triton_module() if backend(x) == "triton" else reference  # type: ignore[return-value]
+
+
+def int8_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None = None) -> Tensor:
+    """int8 weight-only linear (per-channel scales)."""
+    return _impl(x).int8_linear(x, qweight, scale, bias)
+
+
+def int4_linear(x: Tensor, qweight: Tensor, scale: Tensor, zero: Tensor, group_size: int, bias: Tensor | None = None) -> Tensor:
+    """int4 weight-only linear (group-wise scale and integer zero point)."""
+    return _impl(x).int4_linear(x, qweight, scale, zero, group_size, bias)
+
+
+def fp8_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None = None) -> Tensor:
+    """fp8 (e4m3) weight-only linear: dequantize then matmul (no Triton kernel yet; TensorRT fuses it on Thor)."""
+    return reference.fp8_linear(x, qweight, scale, bias)
+
+
+def add_rmsnorm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Residual add + RMSNorm -> ``(normed, h)``."""
+    return _impl(x).add_rmsnorm(x, residual, weight, eps)
+
+
+def decode_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, scale: float | None = None) -> Tensor:
+    """One query per head over a KV cache -> ``[B, H, D]``."""
+    return _impl(q).decode_attention(q, k, v, valid, scale)

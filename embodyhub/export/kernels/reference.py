@@ -1,0 +1,95 @@
+"""Pure-torch reference kernels: the CPU path, the ONNX-traced path, and the ground truth the Triton
+kernels are tested against. Each function states the exact arithmetic the fused kernel must match.
+
+Weight layouts (produced by ``embodyhub.export.quantize``):
+
+- int8: ``qweight`` int8 ``[N, K]``, ``scale`` float32 ``[N]``; ``w = q * scale`` (symmetric, per output channel).
+- int4: ``qweight`` uint8 ``[N, ceil(K / 2)]``, two 4-bit codes per byte split by halves of K: byte ``j``
+  holds column ``j`` in its low nibble and column ``j + ceil(K / 2)`` in its high nibble (a column past
+  ``K`` is padding). ``scale`` float16 and ``zero`` uint8 (0..15), both ``[N, ceil(K / group_size)]``;
+  ``w = (code - zero) * scale``, the group of column ``k`` being ``k // group_size`` (asymmetric, group-wise,
+  integer zero points: the ONNX blocked ``DequantizeLinear`` format TensorRT reads).
+- fp8: ``qweight`` uint8 ``[N, K]`` holding float8 e4m3 bits, ``scale`` float32 ``[N]``; ``w = float(q) * scale``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def dequantize_int8(qweight: Tensor, scale: Tensor) -> Tensor:
+    """int8 codes ``[N, K]`` and per-channel scales ``[N]`` -> float32 weight ``[N, K]``."""
+    return qweight.to(torch.float32) * scale.to(torch.float32)[:, None]
+
+
+def unpack_int4(qweight: Tensor, in_features: int) -> Tensor:
+    """uint8 ``[N, ceil(K/2)]`` (half-split nibbles) -> codes ``[N, K]`` as int32 in ``0..15``."""
+    packed = qweight.to(torch.int32)  # plain integer arithmetic (no bit ops) exports to every ONNX runtime
+    high = torch.div(packed, 16, rounding_mode="floor")
+    return torch.cat([packed - high * 16, high], 1)[:, :in_features]
+
+
+def dequantize_int4(qweight: Tensor, scale: Tensor, zero: Tensor, group_size: int, in_features: int) -> Tensor:
+    """Packed int4 codes with group-wise ``scale``/``zero`` ``[N, groups]`` -> float32 weight ``[N, K]``."""
+    codes = unpack_int4(qweight, in_features).to(torch.float32)
+    s = scale.to(torch.float32).repeat_interleave(group_size, 1)[:, :in_features]
+    z = zero.to(torch.float32).repeat_interleave(group_size, 1)[:, :in_features]
+    return (codes - z) * s
+
+
+def dequantize_fp8(qweight: Tensor, scale: Tensor) -> Tensor:
+    """float8 e4m3 bits (stored as uint8) ``[N, K]`` with per-channel scales ``[N]`` -> float32 weight ``[N, K]``."""
+    return e4m3_to_float(qweight) * scale.to(torch.float32)[:, None]
+
+
+def e4m3_to_float(bits: Tensor) -> Tensor:
+    """Decode float8 e4m3fn bit patterns held in uint8 with integer arithmetic (sign, 4-bit exponent with bias 7,
+    3-bit mantissa, subnormals at exponent 0). A dtype view would be shorter but the ONNX tracer cannot record it;
+    the NaN pattern is never produced by the quantizer."""
+    b = bits.to(torch.int32)
+    sign = 1.0 - 2.0 * torch.div(b, 128, rounding_mode="floor").to(torch.float32)
+    exponent = torch.remainder(torch.div(b, 8, rounding_mode="floor"), 16)
+    mantissa = torch.remainder(b, 8).to(torch.float32) / 8.0
+    normal = (1.0 + mantissa) * torch.pow(2.0, (exponent - 7).to(torch.float32))
+    subnormal = mantissa * 2.0**-6
+    return sign * torch.where(exponent > 0, normal, subnormal)
+
+
+def int8_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x @ dequant(w).T + bias`` in ``x``'s dtype."""
+    return F.linear(x, dequantize_int8(qweight, scale).to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+
+def int4_linear(
+    x: Tensor, qweight: Tensor, scale: Tensor, zero: Tensor, group_size: int, bias: Tensor | None = None
+) -> Tensor:
+    """``x @ dequant(w).T + bias`` for packed int4 weights (``K`` is ``x.shape[-1]``)."""
+    w = dequantize_int4(qweight, scale, zero, group_size, x.shape[-1])
+    return F.linear(x, w.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+
+def fp8_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x @ dequant(w).T + bias`` for float8 e4m3 weights."""
+    return F.linear(x, dequantize_fp8(qweight, scale).to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+
+def add_rmsnorm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """``h = x + residual`` (rounded to ``x.dtype``), then ``(weight * rmsnorm(h), h)``; the RMS is taken in
+    float32, exactly as ``WamRMSNorm`` does, so the fused kernel can replace the decoder layer's two steps."""
+    h = x + residual
+    hf = h.float()
+    normed = hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(h.dtype), h
+
+
+def decode_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, scale: float | None = None) -> Tensor:
+    """One query per head over the KV cache: ``q [B, H, D]``, ``k/v [B, H, T, D]``, ``valid [B, T]`` (bool,
+    key may be attended) -> ``[B, H, D]``. Softmax in float32; every row needs one valid key."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = torch.einsum("bhd,bhtd->bht", q.float(), k.float()) * scale
+    scores = scores.masked_fill(~valid.bool()[:, None, :], float("-inf"))
+    return torch.einsum("bht,bhtd->bhd", torch.softmax(scores, -1), v.float()).to(q.dtype)

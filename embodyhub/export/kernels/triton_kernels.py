@@ -1,0 +1,246 @@
+"""Triton kernels: fused dequantize + GEMV/GEMM (int8, int4), add + RMSNorm, decode attention.
+
+At batch 1 a decode step is memory-bound, so each kernel reads the quantized weight once and never
+materializes a float copy. Every kernel has a reference in ``reference.py`` with identical arithmetic;
+the tests run these under Triton's interpreter (``TRITON_INTERPRET=1`` set before this module is
+imported) on CPU tensors, and ``benchmarks/export.py`` times them on a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+GEMV_MAX_ROWS = 8  # up to this many rows of x a per-row GEMV beats the tiled tensor-core GEMM
+
+
+@triton.jit
+def _int8_gemv_kernel(
+    x_ptr, q_ptr, s_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_ym,
+    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    row = tl.program_id(1)
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < N
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = k < K
+        x = tl.load(x_ptr + row * stride_xm + k, mask=k_ok, other=0.0).to(tl.float32)
+        w = tl.load(q_ptr + n[:, None] * K + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0).to(tl.float32)
+        acc += tl.sum(w * x[None, :], 1)
+    acc = acc * tl.load(s_ptr + n, mask=n_ok, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * stride_ym + n, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
+
+
+@triton.jit
+def _int8_gemm_kernel(
+    x_ptr, q_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok, n_ok = m < M, n < N
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = k < K
+        a = tl.load(x_ptr + m[:, None] * stride_xm + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(q_ptr + n[None, :] * K + k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0)
+        acc += tl.dot(a, w.to(a.dtype))  # |code| <= 127 is exact in bf16/fp16
+    acc = acc * tl.load(s_ptr + n, mask=n_ok, other=0.0)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + m[:, None] * stride_ym + n[None, :], acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _int4_gemv_kernel(
+    x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, K, KH, GROUPS, GROUP, stride_xm, stride_ym,
+    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    row = tl.program_id(1)
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < N
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for j0 in range(0, KH, BLOCK_K):
+        j = j0 + tl.arange(0, BLOCK_K)
+        k_hi = j + KH
+        lo_ok, hi_ok = j < K, k_hi < K  # j < KH <= K, so lo_ok also bounds the packed columns
+        packed = tl.load(q_ptr + n[:, None] * KH + j[None, :], mask=n_ok[:, None] & (j < KH)[None, :], other=0).to(tl.int32)
+        x_lo = tl.load(x_ptr + row * stride_xm + j, mask=lo_ok & (j < KH), other=0.0).to(tl.float32)
+        x_hi = tl.load(x_ptr + row * stride_xm + k_hi, mask=hi_ok, other=0.0).to(tl.float32)
+        g_lo = n[:, None] * GROUPS + (j // GROUP)[None, :]
+        g_hi = n[:, None] * GROUPS + (k_hi // GROUP)[None, :]
+        ok_lo = n_ok[:, None] & (lo_ok & (j < KH))[None, :]
+        ok_hi = n_ok[:, None] & hi_ok[None, :]
+        z_lo = tl.load(z_ptr + g_lo, mask=ok_lo, other=0).to(tl.float32)
+        z_hi = tl.load(z_ptr + g_hi, mask=ok_hi, other=0).to(tl.float32)
+        w_lo = ((packed & 15).to(tl.float32) - z_lo) * tl.load(s_ptr + g_lo, mask=ok_lo, other=0.0).to(tl.float32)
+        w_hi = ((packed >> 4).to(tl.float32) - z_hi) * tl.load(s_ptr + g_hi, mask=ok_hi, other=0.0).to(tl.float32)
+        acc += tl.sum(w_lo * x_lo[None, :] + w_hi * x_hi[None, :], 1)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * stride_ym + n, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
+
+
+@triton.jit
+def _int4_gemm_kernel(
+    x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, KH, GROUPS, GROUP, stride_xm, stride_ym,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok, n_ok = m < M, n < N
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for j0 in range(0, KH, BLOCK_K):
+        j = j0 + tl.arange(0, BLOCK_K)
+        k_hi = j + KH
+        j_ok, hi_ok = j < KH, k_hi < K
+        packed = tl.load(q_ptr + n[None, :] * KH + j[:, None], mask=j_ok[:, None] & n_ok[None, :], other=0).to(tl.int32)
+        g_lo = n[None, :] * GROUPS + (j // GROUP)[:, None]
+        g_hi = n[None, :] * GROUPS + (k_hi // GROUP)[:, None]
+        ok_lo = j_ok[:, None] & n_ok[None, :]
+        ok_hi = hi_ok[:, None] & n_ok[None, :]
+        a_lo = tl.load(x_ptr + m[:, None] * stride_xm + j[None, :], mask=m_ok[:, None] & j_ok[None, :], other=0.0)
+        a_hi = tl.load(x_ptr + m[:, None] * stride_xm + k_hi[None, :], mask=m_ok[:, None] & hi_ok[None, :], other=0.0)
+        z_lo = tl.load(z_ptr + g_lo, mask=ok_lo, other=0).to(tl.float32)
+        z_hi = tl.load(z_ptr + g_hi, mask=ok_hi, other=0).to(tl.float32)
+        w_lo = ((packed & 15).to(tl.float32) - z_lo) * tl.load(s_ptr + g_lo, mask=ok_lo, other=0.0).to(tl.float32)
+        w_hi = ((packed >> 4).to(tl.float32) - z_hi) * tl.load(s_ptr + g_hi, mask=ok_hi, other=0.0).to(tl.float32)
+        acc += tl.dot(a_lo, w_lo.to(a_lo.dtype)) + tl.dot(a_hi, w_hi.to(a_hi.dtype))
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + m[:, None] * stride_ym + n[None, :], acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _add_rmsnorm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, h_ptr, D, eps, BLOCK_D: tl.constexpr):
+    row = tl.program_id(0)
+    d = tl.arange(0, BLOCK_D)
+    ok = d < D
+    x = tl.load(x_ptr + row * D + d, mask=ok, other=0.0)
+    r = tl.load(r_ptr + row * D + d, mask=ok, other=0.0)
+    # Each step rounds to the activation dtype where the decoder layer's torch ops do (one rounding per op).
+    h = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
+    tl.store(h_ptr + row * D + d, h, mask=ok)
+    hf = h.to(tl.float32)
+    inv = 1.0 / tl.sqrt(tl.sum(hf * hf, 0) / D + eps)
+    w = tl.load(w_ptr + d, mask=ok, other=0.0).to(tl.float32)
+    y = w * (hf * inv).to(x.dtype).to(tl.float32)
+    tl.store(out_ptr + row * D + d, y.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _decode_attention_kernel(
+    q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, T, D, H, scale,
+    sqb, sqh, skb, skh, skt, svb, svh, svt, sob, soh,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < D
+    q = tl.load(q_ptr + b * sqb + h * sqh + d, mask=d_ok, other=0.0).to(tl.float32)
+    # Online softmax (one pass over K and V): running max, running sum, running weighted V.
+    run_max = tl.max(tl.full([BLOCK_T], -1.0e30, tl.float32), 0)
+    run_sum = tl.sum(tl.zeros([BLOCK_T], dtype=tl.float32), 0)
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for t0 in range(0, T, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        valid = (tl.load(m_ptr + b * T + t, mask=t < T, other=0) != 0) & (t < T)
+        kv_ok = valid[:, None] & d_ok[None, :]
+        k = tl.load(k_ptr + b * skb + h * skh + t[:, None] * skt + d[None, :], mask=kv_ok, other=0.0).to(tl.float32)
+        s = tl.where(valid, tl.sum(k * q[None, :], 1) * scale, -1.0e30)
+        new_max = tl.maximum(run_max, tl.max(s, 0))
+        p = tl.where(valid, tl.exp(s - new_max), 0.0)
+        alpha = tl.exp(run_max - new_max)
+        v = tl.load(v_ptr + b * svb + h * svh + t[:, None] * svt + d[None, :], mask=kv_ok, other=0.0).to(tl.float32)
+        acc = acc * alpha + tl.sum(p[:, None] * v, 0)
+        run_sum = run_sum * alpha + tl.sum(p, 0)
+        run_max = new_max
+    out = acc / run_sum
+    tl.store(o_ptr + b * sob + h * soh + d, out.to(o_ptr.dtype.element_ty), mask=d_ok)
+
+
+def _pow2(n: int, lo: int = 16, hi: int = 1024) -> int:
+    return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
+
+
+def _rows(x: Tensor) -> Tensor:
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
+def int8_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Fused int8 dequant + matmul; matches ``reference.int8_linear``."""
+    x2 = _rows(x)
+    M, K = x2.shape
+    N = qweight.shape[0]
+    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    b = bias if bias is not None else scale
+    if M <= GEMV_MAX_ROWS:
+        grid = (triton.cdiv(N, 64), M)
+        _int8_gemv_kernel[grid](x2, qweight, scale, b, y, N, K, x2.stride(0), y.stride(0), bias is not None, BLOCK_N=64, BLOCK_K=_pow2(K, 16, 256))
+    else:
+        grid = (triton.cdiv(M, 32), triton.cdiv(N, 64))
+        _int8_gemm_kernel[grid](x2, qweight, scale, b, y, M, N, K, x2.stride(0), y.stride(0), bias is not None, BLOCK_M=32, BLOCK_N=64, BLOCK_K=32)
+    return y.reshape(*x.shape[:-1], N)
+
+
+def int4_linear(x: Tensor, qweight: Tensor, scale: Tensor, zero: Tensor, group_size: int, bias: Tensor | None = None) -> Tensor:
+    """Fused int4 (group-wise, half-split packing) dequant + matmul; matches ``reference.int4_linear``."""
+    x2 = _rows(x)
+    M, K = x2.shape
+    N, KH = qweight.shape
+    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    b = bias if bias is not None else scale
+    groups = scale.shape[1]
+    if M <= GEMV_MAX_ROWS:
+        grid = (triton.cdiv(N, 64), M)
+        _int4_gemv_kernel[grid](
+            x2, qweight, scale, zero, b, y, N, K, KH, groups, group_size, x2.stride(0), y.stride(0),
+            bias is not None, BLOCK_N=64, BLOCK_K=_pow2(KH, 16, 128),
+        )
+    else:
+        grid = (triton.cdiv(M, 32), triton.cdiv(N, 64))
+        _int4_gemm_kernel[grid](
+            x2, qweight, scale, zero, b, y, M, N, K, KH, groups, group_size, x2.stride(0), y.stride(0),
+            bias is not None, BLOCK_M=32, BLOCK_N=64, BLOCK_K=32,
+        )
+    return y.reshape(*x.shape[:-1], N)
+
+
+def add_rmsnorm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Fused residual add + RMSNorm; returns ``(normed, h)`` like ``reference.add_rmsnorm``."""
+    D = x.shape[-1]
+    x2, r2 = x.reshape(-1, D).contiguous(), residual.reshape(-1, D).contiguous()
+    out, h = torch.empty_like(x2), torch.empty_like(x2)
+    _add_rmsnorm_kernel[(x2.shape[0],)](x2, r2, weight.contiguous(), out, h, D, eps, BLOCK_D=_pow2(D, 16, 65536))
+    return out.reshape(x.shape), h.reshape(x.shape)
+
+
+def decode_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, scale: float | None = None) -> Tensor:
+    """Single-query attention over the KV cache; matches ``reference.decode_attention``."""
+    B, H, D = q.shape
+    T = k.shape[2]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    if k.stride(-1) != 1:
+        k = k.contiguous()
+    if v.stride(-1) != 1:
+        v = v.contiguous()
+    q = q.contiguous()
+    out = torch.empty_like(q)
+    mask = valid.to(torch.int8).contiguous()
+    _decode_attention_kernel[(B, H)](
+        q, k, v, mask, out, T, D, H, scale,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), BLOCK_T=_pow2(T, 16, 64), BLOCK_D=_pow2(D, 16, 256),
+    )
+    return out

@@ -1,0 +1,269 @@
+"""The Jetson Thor bundle: quantized weights, one ONNX policy graph per robot, embodiment cards, manifest.
+
+``build_bundle`` loads a saved WAM (optionally merging a LoRA adapter), quantizes it, writes
+``model.quantized.safetensors`` + processor (with the embodiment cards and URDFs), exports and checks
+``policy_<robot>.onnx`` against PyTorch with onnxruntime, measures the latency per chunk and writes
+``manifest.json``: sha256 and size of every file, precision, input/output spec, the check results, the
+measured latency next to the control budget ``chunk_length / control_hz`` (with a warning when the
+budget is missed) and the ``trtexec`` command that builds the TensorRT engine on the Thor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..embodiment import Embodiment
+from ..errors import EmbodyHubError
+from ..recipes import Recipe
+from ..models.wam import WamForActionPrediction, WamProcessor
+from .onnx import (
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    check_against_torch,
+    check_decode_step,
+    example_inputs,
+    export_decode_step,
+    export_policy,
+    ort_session,
+)
+from .quantize import DEFAULT_SKIP, QuantConfig, quantize_model, save_quantized
+
+MANIFEST_NAME = "manifest.json"
+DECODE_STEP_NAME = "decode_step.onnx"
+BUNDLE_FORMAT = 1
+ONNX_TOLERANCE = 1e-4  # max abs canonical-action difference accepted between onnxruntime and PyTorch
+
+
+@dataclass
+class ExportRecipe(Recipe):
+    """What ``embodyhub export`` reads from ``recipes/export_thor.yaml``."""
+
+    precision: str = "int8"
+    group_size: int = 32
+    skip: list[str] = field(default_factory=lambda: list(DEFAULT_SKIP))
+    keep_float: str = "float16"
+    batch_size: int = 1
+    check_trials: int = 5
+    latency_repeats: int = 10
+
+    def quant_config(self) -> QuantConfig:
+        return QuantConfig(precision=self.precision, group_size=self.group_size, skip=list(self.skip), keep_float=self.keep_float)
+
+
+def trtexec_command(onnx_name: str, precision: str) -> str:
+    """The ``trtexec`` line the bundle is meant for (run on the Thor, TensorRT 10+, JetPack 7).
+
+    The quantized weights are stored as integer initializers with explicit dequantize arithmetic, so
+    ``--stronglyTyped`` keeps TensorRT from re-choosing precisions; fp16 activations via ``--fp16`` where
+    the graph is not strongly typed."""
+    engine = Path(onnx_name).with_suffix(".engine").name
+    flags = "--stronglyTyped" if precision != "float32" else "--fp16"
+    return f"trtexec --onnx={onnx_name} --saveEngine={engine} {flags} --skipInference --builderOptimizationLevel=5"
+
+
+def sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def median_ms(fn: Callable[[], Any], repeats: int = 10, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` in milliseconds (after ``warmup`` calls)."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def load_model(model_dir: str | os.PathLike, adapter_dir: str | os.PathLike | None = None) -> tuple[WamForActionPrediction, WamProcessor, Embodiment | None]:
+    """A saved WAM and its processor; with an adapter, the LoRA weights merged in and the adapter's robot
+    (which the processor learns, so the bundle carries its card)."""
+    from transformers import AutoModel, AutoProcessor
+
+    import embodyhub  # noqa: F401  (registers the Auto classes)
+
+    model = AutoModel.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    robot = None
+    if adapter_dir is not None:
+        from ..training.lora import load_adapter
+
+        peft_model, robot = load_adapter(model, adapter_dir)
+        model = peft_model.merge_and_unload().eval()
+        if robot.name not in processor.embodiments:
+            processor.add_embodiment(robot)
+    return model, processor, robot
+
+
+def _spec(path: Path) -> dict[str, list[dict[str, Any]]]:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+
+    def describe(values: Any) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": v.name,
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                "shape": [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim],
+            }
+            for v in values
+        ]
+
+    return {"inputs": describe(proto.graph.input), "outputs": describe(proto.graph.output)}
+
+
+def build_bundle(
+    model: WamForActionPrediction,
+    processor: WamProcessor,
+    out: str | os.PathLike,
+    config: QuantConfig,
+    robots: list[str] | None = None,
+    batch_size: int = 1,
+    check_trials: int = 5,
+    latency_repeats: int = 10,
+    source: dict[str, Any] | None = None,
+    export_step: bool = True,
+) -> dict[str, Any]:
+    """Quantize ``model`` in place and write the bundle folder ``out``; returns the manifest. ``export_step``
+    adds ``decode_step.onnx`` (one KV-cached token, dynamic cache length) for runtimes that loop on the host."""
+    robots = robots or list(processor.embodiment_names)
+    if not robots:
+        raise EmbodyHubError("the processor has no embodiment cards; pass robots the bundle is for")
+    unknown = [r for r in robots if r not in processor.embodiments]
+    if unknown:
+        raise EmbodyHubError(f"robots {unknown} have no embodiment card in the processor (it has {processor.embodiment_names})")
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    report = quantize_model(model, config)
+    model.eval()
+    save_quantized(model, folder, processor)
+    entries = []
+    for name in robots:
+        emb = processor.embodiments[name]
+        onnx_path = export_policy(model, processor, emb, folder / f"policy_{name}.onnx", batch_size)
+        check = check_against_torch(onnx_path, model, processor, emb, batch_size, check_trials)
+        session = ort_session(onnx_path)
+        q, goal = example_inputs(emb, batch_size)
+        feed = {"q": q.numpy(), "goal": goal.numpy()}
+        graph_ms = median_ms(lambda: session.run(OUTPUT_NAMES, feed), latency_repeats)
+
+        def chunk() -> None:  # what a control loop pays per chunk: the graph, then IK and clamping on the host
+            tokens = torch.from_numpy(session.run(OUTPUT_NAMES[:1], feed)[0])
+            processor.decode_actions(tokens, emb, q.double())
+
+        ort_ms = median_ms(chunk, max(3, latency_repeats // 3))
+        with torch.no_grad():
+            torch_ms = median_ms(lambda: model.predict_action(**processor({"state": q, "goal": goal}, emb)), max(3, latency_repeats // 3))
+        budget_ms = 1e3 * processor.chunk_length / emb.control_hz
+        entry = {
+            "robot": name,
+            "onnx": onnx_path.name,
+            "urdf_sha256": emb.urdf_sha256,
+            "dof": emb.dof,
+            "control_hz": emb.control_hz,
+            "chunk_length": processor.chunk_length,
+            "action_tokens": int(processor.schedule(emb)[0].numel()),
+            "io": _spec(onnx_path),
+            "onnx_check": {**check, "tolerance": ONNX_TOLERANCE, "passed": check["max_abs_canonical"] <= ONNX_TOLERANCE},
+            "latency_ms": {
+                "onnxruntime_graph": graph_ms,
+                "onnxruntime_graph_and_native_decode": ort_ms,
+                "torch_eager_predict_action": torch_ms,
+                "device": "CPU, 1 onnxruntime thread",
+            },
+            "budget_ms": budget_ms,
+            "within_budget": ort_ms <= budget_ms,
+            "trtexec": trtexec_command(onnx_path.name, config.precision),
+        }
+        if ort_ms > budget_ms:
+            entry["warning"] = (
+                f"{name}: a chunk (graph + native decode) took {ort_ms:.1f} ms on this machine's CPU, over the {budget_ms:.1f} ms budget "
+                f"({processor.chunk_length} steps at {emb.control_hz:g} Hz); measure on the Thor with the TensorRT engine"
+            )
+            warnings.warn(entry["warning"], stacklevel=2)
+        if not entry["onnx_check"]["passed"]:
+            raise EmbodyHubError(f"{name}: ONNX differs from PyTorch by {check['max_abs_canonical']:.2e} (> {ONNX_TOLERANCE})")
+        entries.append(entry)
+    decode_step = None
+    if export_step:
+        step_path = export_decode_step(model, processor, robots[0], folder / DECODE_STEP_NAME, batch_size)
+        step_check = check_decode_step(step_path, model, processor, robots[0])
+        tolerance = ONNX_TOLERANCE * max(1.0, step_check["max_abs_logit_value"])  # float32 rounding is relative
+        if step_check["max_abs_logits"] > tolerance:
+            raise EmbodyHubError(f"decode-step ONNX logits differ from PyTorch by {step_check['max_abs_logits']:.2e} (> {tolerance:.1e})")
+        decode_step = {
+            "onnx": DECODE_STEP_NAME, "io": _spec(step_path), **step_check, "tolerance": tolerance,
+            "trtexec": trtexec_command(DECODE_STEP_NAME, config.precision),
+            "note": "one KV-cached token; cache axis 3 is dynamic (give trtexec --minShapes/--optShapes/--maxShapes for it)",
+        }
+    readme = folder / "README.md"
+    readme.write_text(_readme(config, entries))
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "target": "jetson-thor",
+        "precision": config.precision,
+        "quantization": {**config.to_dict(), "quantized_layers": report["quantized"], "float_layers": report["skipped"]},
+        "model_type": model.config.model_type,
+        "source": source or {},
+        "inputs_note": "q: native joint positions (URDF order, rad or m); goal: per-arm target poses in each arm's base frame",
+        "outputs_note": "tokens: action tokens (decode to native joints with WamProcessor.decode_actions); canonical: [B, H, D] canonical actions",
+        "embodiments": entries,
+        "decode_step": decode_step,
+        "files": {str(p.relative_to(folder)): {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files},
+        "bytes_total": sum(p.stat().st_size for p in files),
+        "measured_on": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(), "torch": torch.__version__},
+    }
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _readme(config: QuantConfig, entries: list[dict[str, Any]]) -> str:
+    lines = [
+        f"# embodyhub Thor bundle ({config.precision})",
+        "",
+        "Build the TensorRT engine on the Jetson Thor (TensorRT 10 or newer):",
+        "",
+    ]
+    for e in entries:
+        lines += ["```", e["trtexec"], "```", ""]
+    lines += [
+        f"Inputs: `{INPUT_NAMES[0]}` native joint positions, `{INPUT_NAMES[1]}` per-arm goal poses `[B, arms, 4, 4]`.",
+        f"Outputs: `{OUTPUT_NAMES[0]}` action tokens, `{OUTPUT_NAMES[1]}` canonical actions `[B, H, D]`.",
+        "Native joint commands: `embodyhub.export.runtime.OnnxPolicy(bundle_dir, robot)(q, goal)`",
+        "(IK and limit clamping through the bundled processor). `manifest.json` lists hashes, specs and latency.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def verify_bundle(folder: str | os.PathLike) -> dict[str, Any]:
+    """Re-hash every file listed in the manifest; raises ``EmbodyHubError`` on a missing or altered file."""
+    folder = Path(folder)
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    for rel, info in manifest["files"].items():
+        path = folder / rel
+        if not path.is_file():
+            raise EmbodyHubError(f"bundle file {rel} is missing")
+        if sha256(path) != info["sha256"]:
+            raise EmbodyHubError(f"bundle file {rel} does not match its manifest hash")
+    return manifest

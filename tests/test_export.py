@@ -1,0 +1,220 @@
+"""Thor export: weight-only quantization, ONNX policy graph vs PyTorch (onnxruntime), bundle, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import embodyhub  # noqa: F401  (registers the Auto classes)
+from embodyhub.embodiment import load_robot
+from embodyhub.errors import EmbodyHubError
+from embodyhub.export import (
+    QuantConfig,
+    QuantizedLinear,
+    load_quantized,
+    quantize_model,
+    save_quantized,
+)
+from embodyhub.export.kernels import reference
+from embodyhub.export.onnx import (
+    check_against_torch,
+    check_decode_step,
+    example_inputs,
+    export_decode_step,
+    export_policy,
+)
+from embodyhub.export.quantize import (
+    dequantize_once,
+    quantize_fp8,
+    quantize_int4,
+    quantize_int8,
+)
+from embodyhub.models.wam import WamConfig, WamForActionPrediction, WamProcessor
+
+pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, chunk_length=2)
+
+
+def tiny(seed: int = 0) -> tuple[WamForActionPrediction, WamProcessor]:
+    torch.manual_seed(seed)
+    processor = WamProcessor(chunk_length=2)
+    panda = load_robot("panda")
+    processor.add_embodiment(panda)
+    model = WamForActionPrediction(WamConfig(embodiments={panda.name: panda.urdf_sha256}, **TINY)).eval()
+    return model, processor
+
+
+def prefix(processor, emb, batch=2, seed=0):
+    q, goal = example_inputs(emb, batch, seed)
+    actions = q.double()[:, None].expand(batch, processor.chunk_length, emb.dof)  # teacher-forced input ids
+    inputs = dict(processor({"state": q.double(), "goal": goal.double()}, emb, actions=actions))
+    inputs.pop("action_decoder")
+    return inputs
+
+
+@pytest.mark.parametrize("k,n", [(37, 29), (64, 16), (5, 3)])
+def test_weight_codes_reconstruct_within_half_a_step(k, n):
+    w = torch.randn(n, k, generator=torch.Generator().manual_seed(k))
+    q, s = quantize_int8(w)
+    assert q.dtype == torch.int8 and ((reference.dequantize_int8(q, s) - w).abs() <= s[:, None] / 2 + 1e-7).all()
+    for group in (8, 13, k):
+        q4, s4, z4 = quantize_int4(w, group)
+        assert q4.shape == (n, -(-k // 2)) and q4.dtype == torch.uint8 and int(z4.max()) <= 15
+        step = s4.float().repeat_interleave(group, 1)[:, :k]
+        err = (reference.dequantize_int4(q4, s4, z4, group, k) - w).abs()
+        # rounding is half a step; the integer zero point can shift the grid by another half at a range end
+        assert (err <= step + 1e-6).all() and float((err / step).mean()) < 0.3
+        assert err.max() < 0.2 * w.abs().max()  # the codes span each group's range
+    q8, s8 = quantize_fp8(w)
+    rel = (reference.dequantize_fp8(q8, s8) - w).abs() / w.abs().clamp_min(1e-3 * float(w.abs().max()))
+    assert q8.dtype == torch.uint8 and float(rel.max()) <= 2**-4 + 1e-6  # e4m3: 3 mantissa bits
+
+
+def test_e4m3_decoder_matches_torch_dtype():
+    bits = torch.arange(256).to(torch.uint8)
+    want = bits.view(torch.float8_e4m3fn).float()
+    ok = ~want.isnan()
+    torch.testing.assert_close(reference.e4m3_to_float(bits)[ok], want[ok], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4", "fp8"])
+@torch.no_grad()
+def test_quantize_model_skip_list_round_trip_and_outputs(precision, tmp_path):
+    model, processor = tiny()
+    inputs = prefix(processor, processor.resolve("panda"))
+    want = model(**inputs).logits
+    report = quantize_model(model, QuantConfig(precision, group_size=16))
+    assert isinstance(model.action_head, nn.Linear) and isinstance(model.model.joint_proj, nn.Linear)
+    assert "action_head" in report["skipped"] and "model.layers.0.self_attn.q_proj" in report["quantized"]
+    assert isinstance(model.model.layers[1].mlp.down_proj, QuantizedLinear)
+    got = model(**inputs).logits
+    rel = float((got - want).norm() / want.norm())
+    assert rel < {"int8": 0.02, "int4": 0.15, "fp8": 0.08}[precision]
+    with dequantize_once(model):  # the once-per-chunk weights compute the same thing
+        torch.testing.assert_close(model(**inputs).logits, got, rtol=1e-5, atol=1e-5)
+    path = save_quantized(model, tmp_path / "q", processor)
+    loaded = load_quantized(tmp_path / "q")
+    torch.testing.assert_close(loaded(**inputs).logits, got, rtol=0, atol=0)
+    float_dir = tmp_path / "f"
+    WamForActionPrediction(model.config).save_pretrained(float_dir)
+    ratio = path.stat().st_size / (float_dir / "model.safetensors").stat().st_size
+    assert ratio < {"int8": 0.45, "int4": 0.4, "fp8": 0.45}[precision]
+
+
+def test_skip_patterns_and_bad_configs():
+    model, _ = tiny()
+    report = quantize_model(model, QuantConfig("int8", skip=["model.layers.*.mlp.*", "world_head"]))
+    assert all(".mlp." not in name and not name.startswith("world_head") for name in report["quantized"])
+    assert isinstance(model.action_head, QuantizedLinear)
+    with pytest.raises(EmbodyHubError, match="precision"):
+        QuantConfig("int3")
+    with pytest.raises(EmbodyHubError, match="group_size"):
+        QuantConfig("int4", group_size=0)
+
+
+@pytest.mark.parametrize("precision", ["float32", "int4"])
+def test_onnx_policy_matches_pytorch(precision, tmp_path):
+    model, processor = tiny()
+    report = quantize_model(model, QuantConfig(precision, group_size=16))
+    path = export_policy(model, processor, "panda", tmp_path / "policy.onnx")
+    result = check_against_torch(path, model, processor, "panda", trials=3)
+    assert result["max_abs_canonical"] <= 1e-4 and result["token_agreement"] == 1.0 and result["max_abs_native"] == 0.0
+    proto = onnx.load(str(path))
+    dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    used = [name for name in report["quantized"] if not name.startswith("world_head")]  # imagine=False: unused
+    assert len(dq) == len(used)
+    types = {i.name: i.data_type for i in proto.graph.initializer}
+    assert all(types[n.input[0]] == onnx.TensorProto.UINT4 for n in dq)
+    assert not any(t == onnx.TensorProto.DOUBLE for t in types.values())
+    # the step-wise form: one KV-cached token per call, the cache growing through the chunk
+    step = check_decode_step(export_decode_step(model, processor, "panda", tmp_path / "step.onnx"), model, processor, "panda")
+    assert step["max_abs_logits"] <= 1e-4 * max(1.0, step["max_abs_logit_value"])
+
+
+def test_bundle_manifest_cli_runtime_and_bench(tmp_path, capsys):
+    from embodyhub.cli import main
+    from embodyhub.export.runtime import OnnxPolicy
+    from embodyhub.export.thor import verify_bundle
+
+    model, processor = tiny()
+    processor.embodiments["panda"].control_hz = 1e6  # a budget of 2 microseconds: must be reported as missed
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    out = tmp_path / "bundle"
+    with pytest.warns(UserWarning, match="budget"):
+        assert main(["export", "--model", str(tmp_path / "model"), "--target", "thor", "--precision", "int8", "--out", str(out)]) == 0
+    manifest = verify_bundle(out)
+    assert manifest["precision"] == "int8" and manifest["target"] == "jetson-thor"
+    entry = manifest["embodiments"][0]
+    assert entry["robot"] == "panda" and entry["budget_ms"] == pytest.approx(1e3 * 2 / 1e6)
+    assert not entry["within_budget"] and "warning" in entry
+    assert entry["onnx_check"]["passed"] and entry["io"]["inputs"][0] == {"name": "q", "dtype": "float32", "shape": [1, 8]}
+    assert entry["trtexec"].startswith("trtexec --onnx=policy_panda.onnx")
+    assert {"model.quantized.safetensors", "policy_panda.onnx", "embodiments/panda/embodiment.json"} <= set(manifest["files"])
+    assert "trtexec" in (out / "README.md").read_text()
+    step = manifest["decode_step"]
+    assert step["max_abs_logits"] <= 1e-4 * max(1.0, step["max_abs_logit_value"]) and "decode_step.onnx" in manifest["files"]
+    assert [i["name"] for i in step["io"]["inputs"]] == ["token", "dim", "step", "attention_mask", "past_keys", "past_values"]
+    assert step["io"]["inputs"][4]["shape"][3] == "past"  # the cache length stays dynamic
+
+    # the bundle's runtime gives the quantized PyTorch model's native commands
+    policy = OnnxPolicy(out, "panda")
+    quantized = load_quantized(out)
+    q, goal = example_inputs(policy.embodiment, 1, seed=7)
+    want = quantized.predict_action(**policy.processor({"state": q.double(), "goal": goal.double()}, "panda"))
+    torch.testing.assert_close(policy(q, goal), want, rtol=0, atol=1e-9)
+
+    capsys.readouterr()
+    assert main(["bench", "--bundle", str(out), "--repeats", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["backend"].startswith("onnxruntime") and rows[0]["total_ms"] >= rows[0]["graph_ms"] > 0
+
+    (out / "policy_panda.onnx").write_bytes((out / "policy_panda.onnx").read_bytes() + b"\0")
+    with pytest.raises(EmbodyHubError, match="manifest hash"):
+        verify_bundle(out)
+
+
+def test_export_merges_a_lora_adapter(tmp_path):
+    from embodyhub.export.thor import load_model
+    from embodyhub.training.lora import attach_adapter, lora_config, save_adapter
+
+    model, processor = tiny()
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    ur5 = load_robot("ur5")
+    peft = attach_adapter(model, ur5, lora_config(r=4))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    folder = save_adapter(peft, ur5, tmp_path / "adapter")
+    inputs = prefix(processor, ur5)
+    want = peft(**inputs).logits
+    merged, merged_processor, robot = load_model(tmp_path / "model", folder)
+    assert robot.name == "ur5" and "ur5" in merged_processor.embodiments
+    assert isinstance(merged, WamForActionPrediction)
+    torch.testing.assert_close(merged(**inputs).logits, want, rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_fused_decoder_layers_decode_like_the_model():
+    from embodyhub.export.fused import FusedDecoderLayer, fuse_decoder
+
+    model, processor = tiny()
+    quantize_model(model, QuantConfig("int8"))
+    emb = processor.resolve("panda")
+    inputs = prefix(processor, emb, batch=3)
+    dims, steps = inputs.pop("action_dims"), inputs.pop("action_steps")
+    for key in ("input_ids", "labels", "world_targets", "world_mask"):
+        inputs.pop(key)
+    want = model.sample_action_tokens(dims, steps, imagine=True, **inputs)
+    fuse_decoder(model)
+    assert all(isinstance(layer, FusedDecoderLayer) for layer in model.model.layers)
+    got = model.sample_action_tokens(dims, steps, imagine=True, **inputs)
+    assert torch.equal(got["tokens"], want["tokens"])
+    torch.testing.assert_close(got["world"], want["world"], rtol=1e-4, atol=1e-5)

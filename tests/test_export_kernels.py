@@ -1,0 +1,166 @@
+"""Fused Triton kernels vs their pure-torch references on random, odd shapes.
+
+On a machine without CUDA the kernels run under Triton's interpreter on CPU tensors. The interpreter
+must be chosen before triton is first imported (``triton.jit`` decides when decorating, including
+triton's own ``tl.sum``/``tl.max``); in a full suite torch._dynamo has usually imported triton already,
+so then this module reruns itself in a fresh process with ``TRITON_INTERPRET=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from embodyhub.export import kernels
+from embodyhub.export.kernels import reference
+from embodyhub.export.quantize import quantize_int4, quantize_int8
+
+tk = kernels.triton_module()
+if tk is None:
+    pytest.skip("triton is not importable here (the reference path is covered by test_export.py)", allow_module_level=True)
+
+
+def _interpreted() -> bool:
+    import triton.language as tl
+
+    return type(tl.sum).__name__ == "InterpretedFunction" and type(tk._int8_gemv_kernel).__name__ == "InterpretedFunction"
+
+
+READY = torch.cuda.is_available() or _interpreted()
+in_process = pytest.mark.skipif(not READY, reason="triton was imported before TRITON_INTERPRET was set: run in a fresh process")
+
+
+@pytest.mark.skipif(READY, reason="the kernel tests run in this process")
+def test_kernels_in_a_fresh_interpreter_process():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not fresh_interpreter", __file__], check=False, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout and "skipped" not in result.stdout.splitlines()[-1]
+
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# (rows of x, in_features K, out_features N): GEMV (<= 8 rows) and GEMM paths, odd K and N, K below one block
+SHAPES = [(1, 37, 29), (3, 130, 67), (1, 5, 3), (2, 257, 95), (11, 45, 70), (33, 64, 17)]
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@in_process
+@pytest.mark.parametrize("m,k,n", SHAPES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_int8_linear_matches_reference(m, k, n, bias):
+    g = _gen(m * 1000 + k + n)
+    w = torch.randn(n, k, generator=g)
+    x = torch.randn(m, k, generator=g)
+    b = torch.randn(n, generator=g) if bias else None
+    q, s = quantize_int8(w)
+    args = [t.to(DEVICE) if t is not None else None for t in (x, q, s, b)]
+    got = tk.int8_linear(*args).cpu()
+    want = reference.int8_linear(x, q, s, b)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # and the reference really is the dequantized matmul, close to the float layer
+    assert (want - torch.nn.functional.linear(x, w, b)).abs().max() < 0.05 * k**0.5
+
+
+@in_process
+@pytest.mark.parametrize("m,k,n", SHAPES)
+@pytest.mark.parametrize("group_size", [8, 32, 13])
+def test_int4_linear_matches_reference(m, k, n, group_size):
+    g = _gen(m * 7 + k * 3 + n + group_size)
+    w = torch.randn(n, k, generator=g)
+    x = torch.randn(m, k, generator=g)
+    b = torch.randn(n, generator=g)
+    q, s, z = quantize_int4(w, group_size)
+    got = tk.int4_linear(x.to(DEVICE), q.to(DEVICE), s.to(DEVICE), z.to(DEVICE), group_size, b.to(DEVICE)).cpu()
+    want = reference.int4_linear(x, q, s, z, group_size, b)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@in_process
+@pytest.mark.parametrize("rows,d", [(1, 33), (5, 128), (3, 7), (2, 300)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_add_rmsnorm_matches_reference(rows, d, dtype):
+    g = _gen(rows * 31 + d)
+    x, r = torch.randn(2, rows, d, generator=g).to(dtype)
+    w = torch.rand(d, generator=g).to(dtype) + 0.5
+    out, h = tk.add_rmsnorm(x.to(DEVICE), r.to(DEVICE), w.to(DEVICE), 1e-6)
+    want_out, want_h = reference.add_rmsnorm(x, r, w, 1e-6)
+    # bfloat16: one rounding step apart at most (the interpreter truncates where a GPU rounds to nearest)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(h.cpu(), want_h, rtol=tol if dtype == torch.bfloat16 else 0, atol=0)
+    torch.testing.assert_close(out.cpu(), want_out, rtol=tol, atol=tol)
+
+
+@in_process
+@pytest.mark.parametrize("b,h,t,d", [(1, 2, 1, 16), (2, 3, 37, 24), (1, 4, 70, 64), (3, 1, 129, 9)])
+def test_decode_attention_matches_reference(b, h, t, d):
+    g = _gen(b * 100 + t + d)
+    q = torch.randn(b, h, d, generator=g)
+    k, v = torch.randn(2, b, h, t, d, generator=g)
+    valid = torch.rand(b, t, generator=g) > 0.3
+    valid[:, -1] = True  # the query's own key is always valid
+    # a non-contiguous cache view, as a cache that was allocated longer and sliced
+    k_big = torch.randn(b, h, t + 5, d, generator=g)
+    k_big[:, :, :t] = k
+    got = tk.decode_attention(q.to(DEVICE), k_big[:, :, :t].to(DEVICE), v.to(DEVICE), valid.to(DEVICE)).cpu()
+    want = reference.decode_attention(q, k, v, valid)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    # the reference agrees with SDPA under the same boolean mask
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=valid[:, None, None, :])[:, :, 0]
+    torch.testing.assert_close(want, sdpa, rtol=1e-5, atol=1e-5)
+
+
+@in_process
+def test_dispatch_picks_reference_on_cpu_and_when_forced(monkeypatch):
+    x = torch.randn(2, 8)
+    monkeypatch.delenv("EMBODYHUB_KERNELS", raising=False)
+    assert kernels.backend(x) == "torch"
+    monkeypatch.setenv("EMBODYHUB_KERNELS", "triton")
+    assert kernels.backend(x) == "triton"
+    q, s = quantize_int8(torch.randn(5, 8))
+    torch.testing.assert_close(kernels.int8_linear(x, q, s), reference.int8_linear(x, q, s), rtol=1e-5, atol=1e-5)
+    monkeypatch.setenv("EMBODYHUB_KERNELS", "torch")
+    assert kernels.backend(x.to(DEVICE)) == "torch"
+
+
+@in_process
+@torch.no_grad()
+def test_quantized_fused_wam_decodes_the_same_tokens_through_the_triton_kernels(monkeypatch):
+    """End to end: an int8 WAM with fused decoder layers decodes its action chunk through the Triton
+    kernels (GEMM for the prefill, GEMV, decode attention, add + RMSNorm per token) exactly as through
+    the torch references."""
+    from embodyhub.embodiment import load_robot
+    from embodyhub.export import QuantConfig, quantize_model
+    from embodyhub.export.fused import fuse_decoder
+    from embodyhub.export.onnx import example_inputs
+    from embodyhub.models.wam import WamConfig, WamForActionPrediction, WamProcessor
+
+    torch.manual_seed(0)
+    processor = WamProcessor(chunk_length=1)
+    emb = load_robot("panda")
+    model = WamForActionPrediction(WamConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, chunk_length=1))
+    quantize_model(model.eval(), QuantConfig("int8"))
+    fuse_decoder(model)
+    q, goal = example_inputs(emb, 2)
+    inputs = dict(processor({"state": q, "goal": goal}, emb))
+    inputs.pop("action_decoder")
+    inputs = {k: v.to(DEVICE) for k, v in inputs.items()}
+    model.to(DEVICE)
+    dims, steps = inputs.pop("action_dims"), inputs.pop("action_steps")
+    monkeypatch.setenv("EMBODYHUB_KERNELS", "torch")
+    want = model.sample_action_tokens(dims, steps, imagine=True, **inputs)
+    monkeypatch.setenv("EMBODYHUB_KERNELS", "triton")
+    got = model.sample_action_tokens(dims, steps, imagine=True, **inputs)
+    assert torch.equal(got["tokens"], want["tokens"])
+    torch.testing.assert_close(got["world"], want["world"], rtol=1e-4, atol=1e-5)
