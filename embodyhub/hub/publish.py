@@ -1,0 +1,149 @@
+"""Publish a base model, a robot adapter or an export bundle: ``create_repo`` + one commit holding the
+folder's files and the rendered model card.
+
+The commit is a single ``HfApi.create_commit`` of every file of the folder (what ``upload_folder`` sends
+without Xet), so the Hub either moves to the new commit or stays where it was: an interrupted upload
+leaves the repo at its previous commit, and re-running the same call completes it (LFS objects already
+uploaded are skipped). The local folder is only read: the card is uploaded from memory.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .cards import EVAL_FILE, CardKind, RenderedCard, detect_kind, render_card
+
+SKIP_DIRS = {".git", ".cache", "__pycache__", ".ipynb_checkpoints"}
+CARD_FILE = "README.md"
+
+
+@dataclass
+class PublishResult:
+    """What was (or, for a dry run, would be) committed."""
+
+    repo_id: str
+    kind: CardKind
+    files: list[tuple[str, int]]  # (path in repo, size in bytes), the card included
+    card: str
+    commit_oid: str | None = None
+    commit_url: str | None = None
+    dry_run: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def folder_files(folder: str | os.PathLike) -> dict[str, Path]:
+    """Files to upload, keyed by their path in the repo (POSIX); VCS/cache folders and a README are skipped
+    (the rendered card replaces the README)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder")
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if path.is_file() and not SKIP_DIRS.intersection(rel.parts) and rel.as_posix() != CARD_FILE:
+            out[rel.as_posix()] = path
+    return out
+
+
+def find_eval(folder: str | os.PathLike) -> Path | None:
+    """The ``eval.json`` of a run: in the folder, or beside it (``embodyhub train --out RUN`` writes
+    ``RUN/model`` and ``RUN/eval.json``; ``embodyhub adapt`` writes ``RUN/adapter`` and ``RUN/eval.json``)."""
+    for candidate in (Path(folder) / EVAL_FILE, Path(folder).parent / EVAL_FILE):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def publish(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    kind: CardKind | None = None,
+    base_model: str | None = None,
+    license: str = "apache-2.0",
+    datasets: Sequence[str] = (),
+    eval_path: str | os.PathLike | None = None,
+    recipe_path: str | os.PathLike | None = None,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    token: str | bool | None = None,
+    endpoint: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    dry_run: bool = False,
+    complete_from_repo: bool = False,
+) -> PublishResult:
+    """Upload ``folder`` (``save_pretrained`` output, an adapter folder or an export bundle) to ``repo_id``
+    with its rendered card, as one commit. ``dry_run`` renders and lists without any network call.
+
+    ``complete_from_repo``: when the folder holds only part of a base model (``model.push_to_hub`` without
+    the processor, or ``processor.push_to_hub``), read the repo's other half for the card.
+    ``endpoint``: another Hub server than ``HF_ENDPOINT`` (a mirror, or a test server).
+    """
+    files = folder_files(folder)
+    kind = kind or detect_kind(folder)
+    card_kwargs = dict(kind=kind, base_model=base_model, license=license, datasets=datasets, eval_path=eval_path, recipe_path=recipe_path)
+    rendered = render_card(folder, repo_id, **card_kwargs)  # before any network call: a bad card fails here
+    if dry_run:
+        return _result(repo_id, rendered, files, dry_run=True)
+
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi(endpoint=endpoint, token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    if complete_from_repo and kind == "base":
+        with tempfile.TemporaryDirectory(prefix="embodyhub-card-") as context:
+            if _fetch_card_context(api, repo_id, files, Path(context), revision):
+                rendered = render_card(folder, repo_id, context=context, **card_kwargs)
+    operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in files.items()]
+    operations += [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in rendered.extra_files.items() if p not in files]
+    operations.append(CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=rendered.text.encode("utf-8")))
+    info = api.create_commit(
+        repo_id,
+        operations,
+        commit_message=commit_message or f"Upload {kind} with embodyhub",
+        commit_description=commit_description,
+        revision=revision,
+        create_pr=create_pr,
+    )
+    result = _result(repo_id, rendered, files)
+    result.commit_oid, result.commit_url = info.oid, info.commit_url
+    return result
+
+
+def _result(repo_id: str, rendered: RenderedCard, files: dict[str, Path], dry_run: bool = False) -> PublishResult:
+    listed = [(p, f.stat().st_size) for p, f in files.items()]
+    listed += [(p, f.stat().st_size) for p, f in rendered.extra_files.items()]
+    listed.append((CARD_FILE, len(rendered.text.encode("utf-8"))))
+    return PublishResult(repo_id, rendered.kind, sorted(listed), rendered.text, dry_run=dry_run)
+
+
+def _fetch_card_context(api: Any, repo_id: str, files: dict[str, Path], out: Path, revision: str | None) -> bool:
+    """Download the repo's config and embodiment cards the folder lacks (small JSON files), for the card
+    only; returns whether anything was fetched."""
+    from huggingface_hub import snapshot_download
+
+    wanted = [name for name in ("config.json", "processor_config.json") if name not in files]
+    if not wanted:
+        return False
+    names = {s.rfilename for s in api.model_info(repo_id, revision=revision, files_metadata=False).siblings or []}
+    patterns = [n for n in wanted if n in names]
+    if "processor_config.json" in patterns:
+        patterns.append("embodiments/*/embodiment.json")
+    if patterns:
+        snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_dir=out, token=api.token, endpoint=api.endpoint)
+    return bool(patterns)
+
+
+def push_pretrained(objects: Sequence[Any], repo_id: str, **publish_kwargs: Any) -> PublishResult:
+    """``save_pretrained`` each object (model, processor) into one temporary folder and ``publish`` it:
+    what ``WamForActionPrediction.push_to_hub``/``WamProcessor.push_to_hub`` call."""
+    with tempfile.TemporaryDirectory(prefix="embodyhub-push-") as tmp:
+        for obj in objects:
+            obj.save_pretrained(tmp)
+        return publish(tmp, repo_id, kind="base", complete_from_repo=True, **publish_kwargs)
