@@ -8,6 +8,7 @@ import sys
 from typing import Any, Sequence
 
 from .errors import EmbodyHubError
+from .recipes import recipe_path as _recipe_path
 
 
 def _robot_summary(name: str) -> dict[str, Any]:
@@ -103,22 +104,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from .demo import run_demo
 
-    report = run_demo(Path(args.out), robots=args.robot or None, smoke=args.smoke)
+    report = run_demo(Path(args.out), robot=args.robot, smoke=args.smoke, skip=args.skip, recipe=args.recipe)
     print(f"report: {report.resolve()}")
     return 0
-
-
-def _recipe_path(path: str) -> str:
-    """A recipe file, or the name of a bundled one (``pretrain_tiny``)."""
-    from importlib import resources
-    from pathlib import Path
-
-    if Path(path).is_file():
-        return path
-    bundled = Path(str(resources.files("embodyhub.recipes"))) / f"{Path(path).stem}.yaml"
-    if bundled.is_file():
-        return str(bundled)
-    raise FileNotFoundError(f"no recipe file '{path}' and no bundled recipe named '{Path(path).stem}'")
 
 
 def _report_eval(results: dict[str, Any], out: Any, title: str) -> None:
@@ -164,20 +152,206 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_transfer(args: argparse.Namespace, base: str) -> int:
+    from pathlib import Path
+
+    from .embodiment import Embodiment
+    from .training import AdaptRecipe, plot_results
+    from .training.transfer import format_table, transfer_benchmark
+
+    if not args.robot or len(args.robot) != 1:
+        raise EmbodyHubError("--transfer measures one robot: give exactly one --robot (one held out from pretraining)")
+    emb = Embodiment.from_pretrained(args.robot[0])
+    recipe = AdaptRecipe.from_yaml(
+        _recipe_path(args.recipe), eval_episodes=args.episodes, eval_max_steps=args.max_steps, goal_distance=args.goal_distance
+    )
+    out = Path(args.out)
+    rows, results = transfer_benchmark(base, emb, recipe, out / "data", args.demos)
+    table = format_table(rows, emb.name)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "transfer.json").write_text(json.dumps(rows, indent=2))
+    (out / "transfer.md").write_text(table + "\n")
+    png = plot_results(results, out / "transfer.png", f"transfer to {emb.name}")
+    print(table)
+    print(f"transfer: {out / 'transfer.json'}, {out / 'transfer.md'} and {png}")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from transformers import AutoModel, AutoProcessor
 
     from .embodiment import load_robot
+    from .pretrained import tiny_base
     from .training import evaluate_reach
 
-    model = AutoModel.from_pretrained(args.model).eval()
-    processor = AutoProcessor.from_pretrained(args.model)
+    base = args.model or str(tiny_base())
+    if args.transfer:
+        return _cmd_transfer(args, base)
+    model = AutoModel.from_pretrained(base).eval()
+    processor = AutoProcessor.from_pretrained(base)
     names = args.robot or processor.embodiment_names
     robots = [processor.embodiments[n] if n in processor.embodiments else load_robot(n) for n in names]
     results = evaluate_reach(model, processor, robots, args.episodes, args.max_steps, args.seed, goal_distance=args.goal_distance)
     _report_eval(results, Path(args.out), "reach")
+    return 0
+
+
+def _embodiment_from_args(args: argparse.Namespace) -> Any:
+    """``--robot``: a bundled robot name, a folder with ``embodiment.json``, or a URDF file with ``--arm``."""
+    from pathlib import Path
+
+    from .embodiment import Embodiment
+    from .kinematics import RobotModel
+
+    if not Path(args.robot).is_file():
+        return Embodiment.from_pretrained(args.robot)
+    if not args.arm:
+        robot = RobotModel.from_urdf(args.robot)
+        leaves = sorted(set(robot.links) - {j.parent for j in robot.joints.values()})
+        raise EmbodyHubError(
+            f"{args.robot} is a URDF: say which chains are arms with --arm BASE:TIP "
+            f"(root link '{robot.root_link}'; leaf links: {', '.join(leaves)})"
+        )
+    arms = [tuple(a.split(":", 1)) for a in args.arm]
+    if any(len(a) != 2 for a in arms):
+        raise EmbodyHubError(f"--arm takes BASE:TIP link names, got {args.arm}")
+    return Embodiment.from_urdf(args.robot, arms=arms, grippers=args.gripper or (), control_hz=args.control_hz)
+
+
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from transformers import AutoModel, AutoProcessor
+
+    from .data import load_dataset
+    from .training import AdaptRecipe, adapt, evaluate_reach, prepare_data, save_adapter, trainable_share
+
+    recipe = AdaptRecipe.from_yaml(_recipe_path(args.recipe), episodes=args.episodes, train_steps=args.steps)
+    out = Path(args.out)
+    model = AutoModel.from_pretrained(args.base).eval()
+    processor = AutoProcessor.from_pretrained(args.base)
+    emb = _embodiment_from_args(args)
+    if args.data:
+        dataset = load_dataset(args.data)
+    else:
+        dataset = prepare_data(recipe, out / "data", robots=[emb], episodes=recipe.episodes)[emb.name]
+    used = min(recipe.episodes, dataset.num_episodes)
+    eval_args = (recipe.eval_episodes, recipe.eval_max_steps)
+    before = evaluate_reach(model, processor, [emb], *eval_args, goal_distance=recipe.goal_distance) if recipe.eval_episodes else None
+    model, log = adapt(model, processor, emb, dataset, recipe)
+    folder = save_adapter(model, emb, out / "adapter")
+    (out / "adapt_log.json").write_text(json.dumps(log))
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    print(
+        f"adapter: {folder} ({size / 1e6:.2f} MB, {trainable_share(model):.2%} of the parameters trained on "
+        f"{used} of {dataset.num_episodes} episodes, {log[-1]['seconds']:.0f} s)"
+    )
+    if before is not None:
+        after = evaluate_reach(model, processor, [emb], *eval_args, goal_distance=recipe.goal_distance)
+        _report_eval({f"{emb.name} zero-shot": before[emb.name], f"{emb.name} LoRA": after[emb.name]}, out, "reach before/after LoRA")
+    return 0
+
+
+def _cmd_grpo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoModel, AutoProcessor
+
+    from .embodiment import load_robot
+    from .training.grpo import GrpoRecipe, run_grpo, trainable_adapter
+    from .training.lora import attach_adapter, load_adapter, lora_config
+
+    recipe = GrpoRecipe.from_yaml(_recipe_path(args.recipe), steps=args.steps, time_budget_s=args.time_budget)
+    model = AutoModel.from_pretrained(args.model)
+    processor = AutoProcessor.from_pretrained(args.model)
+    emb = processor.embodiments[args.robot] if args.robot in processor.embodiments else load_robot(args.robot)
+    if args.adapter:
+        model, emb = load_adapter(model, args.adapter, emb)
+        trainable_adapter(model)
+    elif args.lora:
+        model = attach_adapter(model, emb, lora_config(**recipe.lora))
+    torch.manual_seed(recipe.seed)
+    result = run_grpo(model, processor, [emb], recipe, Path(args.out))
+    history = result["history"]
+    print(f"{'step':>6} {'success':>8} {'seconds':>8}")
+    for entry in history:
+        print(f"{entry['step']:>6} {entry[emb.name]:>8.1%} {entry['seconds']:>8.0f}")
+    print(f"grpo: {Path(args.out) / 'model'}, {Path(args.out) / 'grpo_log.json'} and {result.get('curve')}")
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .hub import find_eval, publish, render_card
+
+    eval_path = args.eval or find_eval(args.dir)
+    try:  # render once offline first: a folder or card problem is a usage error, reported before any upload
+        render_card(args.dir, args.repo, kind=args.kind, base_model=args.base_model, eval_path=eval_path, recipe_path=args.recipe)
+    except (FileNotFoundError, ValueError) as exc:
+        raise EmbodyHubError(str(exc)) from exc
+    try:
+        result = publish(
+            args.dir, args.repo, private=args.private or None, kind=args.kind, base_model=args.base_model,
+            license=args.license, datasets=args.dataset or (), eval_path=eval_path, recipe_path=args.recipe,
+            commit_message=args.message, revision=args.revision, dry_run=args.dry_run,
+        )
+    except HfHubHTTPError.__bases__ as exc:  # the HTTP client's errors and OSError (a dropped connection)
+        print(f"embodyhub: upload to {args.repo} failed ({type(exc).__name__}: {exc}); nothing was committed "
+              f"and {args.dir} is untouched: run the same command again to retry", file=sys.stderr)
+        return 1
+    verb = "would upload" if result.dry_run else "uploaded"
+    print(f"{result.kind} {Path(args.dir)} -> {result.repo_id}: {verb} {len(result.files)} files"
+          + (f" (eval: {eval_path})" if eval_path else ""))
+    for path, size in result.files:
+        print(f"  {size:>12,d}  {path}")
+    if result.dry_run:
+        print("\n" + result.card)
+    else:
+        print(f"commit {result.commit_oid}: {result.commit_url}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export.thor import ExportRecipe, build_bundle, load_model
+
+    recipe = ExportRecipe.from_yaml(_recipe_path(args.recipe), precision=args.precision)
+    model, processor, robot = load_model(args.model, args.adapter)
+    robots = args.robot or ([robot.name] if robot is not None else None)
+    source = {"model": str(args.model), "adapter": str(args.adapter) if args.adapter else None}
+    manifest = build_bundle(
+        model, processor, args.out, recipe.quant_config(), robots, recipe.batch_size, recipe.check_trials,
+        recipe.latency_repeats, source,
+    )
+    print(f"bundle: {args.out} ({manifest['precision']}, {manifest['bytes_total'] / 1e6:.2f} MB)")
+    print(f"{'robot':<14} {'onnx max diff':>14} {'tokens':>7} {'chunk ms':>9} {'budget ms':>10}")
+    for e in manifest["embodiments"]:
+        c = e["onnx_check"]
+        print(f"{e['robot']:<14} {c['max_abs_canonical']:>14.2e} {c['token_agreement']:>7.1%} "
+              f"{e['latency_ms']['onnxruntime_graph_and_native_decode']:>9.2f} {e['budget_ms']:>10.1f}" + ("" if e["within_budget"] else "  OVER BUDGET"))
+        print(f"  on the Thor: {e['trtexec']}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .export.thor import verify_bundle
+    from .export.runtime import bench_bundle
+
+    manifest = verify_bundle(args.bundle)
+    rows = bench_bundle(args.bundle, args.repeats)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"bundle {args.bundle}: {manifest['precision']}, hashes verified")
+    print(f"{'robot':<14} {'backend':<26} {'graph ms':>9} {'+decode ms':>11} {'budget ms':>10}")
+    for r in rows:
+        flag = "" if r["total_ms"] <= r["budget_ms"] else "  OVER BUDGET"
+        print(f"{r['robot']:<14} {r['backend']:<26} {r['graph_ms']:>9.2f} {r['total_ms']:>11.2f} {r['budget_ms']:>10.1f}{flag}")
     return 0
 
 
@@ -207,9 +381,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, help="override episodes_per_robot")
     p.set_defaults(func=_cmd_train)
 
+    p = sub.add_parser("adapt", help="train a LoRA adapter for a new robot (its URDF or a bundled name)")
+    p.add_argument("--base", required=True, help="folder (or Hub id) of the base model and processor")
+    p.add_argument("--robot", required=True, help="bundled robot name, embodiment folder, or URDF file (with --arm)")
+    p.add_argument("--arm", action="append", help="BASE:TIP links of an arm of a URDF robot (repeatable)")
+    p.add_argument("--gripper", action="append", help="gripper joint of a URDF robot (repeatable, one per arm)")
+    p.add_argument("--control-hz", type=float, default=30.0, help="control rate of a URDF robot")
+    p.add_argument("--data", help="LeRobot v3 dataset of the robot (default: generate synthetic demos)")
+    p.add_argument("--recipe", default="adapt_lora", help="recipe YAML (or a bundled recipe name)")
+    p.add_argument("--episodes", type=int, help="override the number of demos")
+    p.add_argument("--steps", type=int, help="override train_steps")
+    p.add_argument("--out", required=True, help="output folder: adapter/, adapt_log.json, eval.json, eval.png")
+    p.set_defaults(func=_cmd_adapt)
+
     p = sub.add_parser("eval", help="closed-loop reach success of a saved WAM per robot")
-    p.add_argument("--model", required=True, help="folder (or Hub id) with the model and processor")
+    p.add_argument("--model", help="folder (or Hub id) with the model and processor (default: the shipped tiny base)")
     p.add_argument("--robot", action="append", help="bundled robot (repeatable; default: the model's robots)")
+    p.add_argument("--transfer", action="store_true", help="zero-shot vs LoRA vs full fine-tuning on one --robot")
+    p.add_argument("--demos", type=int, nargs="+", default=[10, 50, 200], help="with --transfer: demo counts")
+    p.add_argument("--recipe", default="adapt_lora", help="with --transfer: adaptation recipe")
     p.add_argument("--episodes", type=int, default=50)
     p.add_argument("--max-steps", type=int, default=60)
     p.add_argument("--goal-distance", type=float, default=0.3, help="goal offset per joint from the start (rad or m)")
@@ -217,11 +407,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="embodyhub-eval")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("demo", help="run the end-to-end walk-through and write a report")
+    p = sub.add_parser("grpo", help="GRPO post-training on closed-loop reach (TRL), with periodic evaluation")
+    p.add_argument("--model", required=True, help="folder (or Hub id) with the model and processor")
+    p.add_argument("--robot", required=True, help="robot to train on (the model's or a bundled one)")
+    p.add_argument("--adapter", help="train this LoRA adapter folder (embodyhub adapt) instead of the full model")
+    p.add_argument("--lora", action="store_true", help="train a new LoRA adapter for --robot instead of the full model")
+    p.add_argument("--recipe", default="grpo_reach", help="recipe YAML (or a bundled recipe name)")
+    p.add_argument("--steps", type=int, help="override the recipe's GRPO steps")
+    p.add_argument("--time-budget", type=float, help="stop after this many seconds of training")
+    p.add_argument("--out", required=True, help="output folder: model/ (or the adapter), grpo_log.json, grpo_curve.png")
+    p.set_defaults(func=_cmd_grpo)
+
+    p = sub.add_parser("demo", help="run the end-to-end walk-through and write a report (resumes finished stages)")
     p.add_argument("--out", default="embodyhub-demo", help="output folder (default: ./embodyhub-demo)")
-    p.add_argument("--robot", action="append", help="limit to these bundled robots (repeatable)")
+    p.add_argument("--robot", help="bundled robot to adapt to (default: the recipe's, one held out from the base)")
+    p.add_argument("--skip", action="append", help="leave a stage out (repeatable): kinematics, base, adapt, grpo, export or publish")
+    p.add_argument("--recipe", default="demo", help="recipe YAML (or a bundled recipe name)")
     p.add_argument("--smoke", action="store_true", help="reduced size, for CI")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("export", help="quantize a WAM and write a Jetson Thor bundle (ONNX + manifest)")
+    p.add_argument("--model", required=True, help="folder (or Hub id) with the model and processor")
+    p.add_argument("--adapter", help="LoRA adapter folder to merge before quantizing")
+    p.add_argument("--target", default="thor", choices=["thor"], help="deployment target")
+    p.add_argument("--precision", choices=["int8", "int4", "fp8", "float32"], help="override the recipe's precision")
+    p.add_argument("--robot", action="append", help="robots to export graphs for (default: the adapter's or all the model's)")
+    p.add_argument("--recipe", default="export_thor", help="recipe YAML (or a bundled recipe name)")
+    p.add_argument("--out", required=True, help="bundle folder")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("bench", help="latency per chunk of a bundle (onnxruntime on CPU; PyTorch+Triton on a GPU)")
+    p.add_argument("--bundle", required=True, help="bundle folder written by `embodyhub export`")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("push", help="publish a model, adapter or export bundle folder to the Hub with its model card")
+    p.add_argument("dir", help="save_pretrained folder, adapter folder or export bundle")
+    p.add_argument("--repo", required=True, help="ORG/NAME on the Hub (HF_ENDPOINT picks the server)")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--kind", choices=["base", "adapter", "export"], help="default: detected from the folder")
+    p.add_argument("--base-model", help="Hub id of the base model (adapters and exports)")
+    p.add_argument("--eval", help="eval.json of `embodyhub eval` (default: DIR/eval.json or beside DIR)")
+    p.add_argument("--recipe", help="training recipe YAML shown on the card")
+    p.add_argument("--dataset", action="append", help="Hub dataset id trained on (repeatable)")
+    p.add_argument("--license", default="apache-2.0")
+    p.add_argument("--message", help="commit message")
+    p.add_argument("--revision", help="branch to commit to (default: main)")
+    p.add_argument("--dry-run", action="store_true", help="show the file list and the card; upload nothing")
+    p.set_defaults(func=_cmd_push)
     return parser
 
 

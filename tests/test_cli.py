@@ -76,6 +76,12 @@ def test_wheel_ships_bundled_robots(tmp_path):
         names = zf.namelist()
         zf.extractall(site)
     assert any(n.startswith("embodyhub/adapters/panda/robot.urdf") for n in names)
+    for template in ("base_model.md.j2", "robot_adapter.md.j2", "thor_export.md.j2", "_robots.md.j2", "_eval.md.j2"):
+        assert f"embodyhub/model_cards/{template}" in names, template
+    assert "embodyhub/hub/publish.py" in names
+    for name in ("config.json", "model.safetensors", "processor_config.json", "eval.json", "embodiments/panda/robot.urdf"):
+        assert f"embodyhub/pretrained/wam_tiny/{name}" in names, name
+    assert "embodyhub/recipes/demo.yaml" in names
     env = dict(os.environ, PYTHONPATH=str(site))
     code = "import embodyhub, sys; print(embodyhub.__file__); from embodyhub.cli import main; sys.exit(main(['robots', 'list', '--json']))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, check=True)

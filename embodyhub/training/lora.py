@@ -9,29 +9,27 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
+from ..data import LeRobotDataset
 from ..embodiment import Embodiment
 from ..errors import EmbodimentMismatchError
-from ..models.wam import WamForActionPrediction
+from ..hub.checks import BASE_FILE, base_signature, check_adapter
+from ..models.wam import WamForActionPrediction, WamProcessor
+from ..recipes import Recipe
+from .pretrain import train
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-BASE_FILE = "wam_base.json"
-_BASE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size", "action_dim", "chunk_length")
 
 
 def lora_config(r: int = 8, alpha: int = 16, dropout: float = 0.0, modules_to_save: list[str] | None = None) -> LoraConfig:
     """LoRA on every attention and MLP Linear of the trunk (``task_type=None``: a custom model)."""
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS, modules_to_save=modules_to_save, task_type=None)
-
-
-def base_signature(model: WamForActionPrediction | PeftModel) -> dict[str, Any]:
-    """What an adapter must agree on with its base."""
-    config = model.config
-    return {key: getattr(config, key) for key in _BASE_KEYS}
 
 
 def attach_adapter(
@@ -60,21 +58,72 @@ def save_adapter(model: PeftModel, embodiment: Embodiment, save_directory: str |
 def load_adapter(
     model: WamForActionPrediction | PeftModel, adapter_dir: str | os.PathLike, embodiment: Embodiment | None = None
 ) -> tuple[PeftModel, Embodiment]:
-    """Load an adapter folder onto ``model`` after checking the base signature and, if given, the robot."""
-    folder = Path(adapter_dir)
-    saved = json.loads((folder / BASE_FILE).read_text()) if (folder / BASE_FILE).is_file() else None
-    if saved is None:
-        raise EmbodimentMismatchError(f"{folder} has no {BASE_FILE}: not an embodyhub adapter folder")
-    mine = base_signature(model)
-    diffs = [f"{k}: adapter {saved.get(k)!r}, base {mine[k]!r}" for k in _BASE_KEYS if saved.get(k) != mine[k]]
-    if diffs:
-        raise EmbodimentMismatchError(f"adapter {folder} was trained on another base:\n  " + "\n  ".join(diffs))
-    robot = Embodiment.from_pretrained(folder)
-    if embodiment is not None:
-        embodiment.check_compatible(robot.to_card())
+    """Load an adapter folder (or Hub id) onto ``model`` after checking the base signature and, if given, the robot."""
+    robot = check_adapter(model, adapter_dir, embodiment)
     if isinstance(model, PeftModel):
-        model.load_adapter(str(folder), adapter_name=robot.name)
+        model.load_adapter(str(adapter_dir), adapter_name=robot.name)
     else:
-        model = PeftModel.from_pretrained(model, str(folder), adapter_name=robot.name)
+        model = PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=robot.name)
     model.set_adapter(robot.name)
     return model, robot
+
+
+@dataclass
+class AdaptRecipe(Recipe):
+    """What ``embodyhub adapt`` reads from ``recipes/adapt_lora.yaml``."""
+
+    episodes: int = 50  # demonstrations trained on (generated for the robot when no dataset is given)
+    tasks: list[str] = field(default_factory=lambda: ["reach"])
+    steps_per_episode: int = 30
+    goal_distance: float | None = 0.3
+    reach_profile: str = "proportional"
+    lora: dict[str, Any] = field(default_factory=dict)  # keyword arguments of ``lora_config``
+    train_steps: int = 400
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    eval_episodes: int = 50
+    eval_max_steps: int = 60
+    seed: int = 1
+
+
+def check_dataset(dataset: LeRobotDataset, embodiment: Embodiment) -> None:
+    """Refuse demonstrations recorded on another body (when the dataset carries an embodiment card)."""
+    card = dataset.info.get("embodyhub", {}).get("embodiment")
+    if card is not None:
+        embodiment.check_compatible(card)
+    dof = dataset.features["observation.state"]["shape"][-1]
+    if dof != embodiment.dof:
+        raise EmbodimentMismatchError(f"{dataset.root}: states have {dof} values; '{embodiment.name}' has {embodiment.dof} joints")
+
+
+def adapt(
+    model: WamForActionPrediction | PeftModel,
+    processor: WamProcessor,
+    embodiment: Embodiment,
+    dataset: LeRobotDataset,
+    recipe: AdaptRecipe,
+    full_finetune: bool = False,
+    progress: bool = True,
+) -> tuple[WamForActionPrediction | PeftModel, list[dict[str, float]]]:
+    """Train a LoRA adapter for ``embodiment`` on the first ``recipe.episodes`` demos of ``dataset``.
+
+    ``full_finetune=True`` trains every weight of ``model`` instead: the baseline LoRA is measured
+    against. The processor learns the robot's card so the result is saved with it.
+    """
+    check_dataset(dataset, embodiment)
+    processor.add_embodiment(embodiment)
+    if not full_finetune:
+        model = attach_adapter(model, embodiment, lora_config(**recipe.lora))
+    log = train(
+        model, processor, {embodiment.name: dataset}, recipe.train_steps, recipe.batch_size, recipe.learning_rate,
+        recipe.weight_decay, recipe.warmup_steps, recipe.seed, progress, episodes=min(recipe.episodes, dataset.num_episodes),
+    )
+    return model, log
+
+
+def trainable_share(model: torch.nn.Module) -> float:
+    """Fraction of parameters that train (a LoRA-wrapped model: the adapter's share)."""
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad) / total

@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-import yaml
 from torch import Tensor
 
 from ..data import LeRobotDataset, generate, load_dataset
 from ..embodiment import Embodiment, load_robot
 from ..models.wam import WamConfig, WamForActionPrediction, WamProcessor
+from ..recipes import Recipe
 
 
 @dataclass
-class PretrainRecipe:
+class PretrainRecipe(Recipe):
     """What ``embodyhub train`` reads from ``recipes/pretrain_tiny.yaml``."""
 
     robots: list[str]
@@ -44,20 +44,14 @@ class PretrainRecipe:
     eval_max_steps: int = 60
     seed: int = 0
 
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> "PretrainRecipe":
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown recipe keys in {path}: {sorted(unknown)}")
-        return cls(**data)
 
-
-def chunk_samples(dataset: LeRobotDataset, chunk_length: int) -> dict[str, Tensor]:
-    """Per frame: state, goal and the next ``chunk_length`` actions (padded with the episode's last)."""
+def chunk_samples(dataset: LeRobotDataset, chunk_length: int, episodes: int | None = None) -> dict[str, Tensor]:
+    """Per frame of the first ``episodes`` (all if None): state, goal and the next ``chunk_length``
+    actions (padded with the episode's last)."""
+    if episodes is not None and not 1 <= episodes <= dataset.num_episodes:
+        raise ValueError(f"asked for {episodes} episodes; {dataset.root} holds {dataset.num_episodes}")
     states, goals, actions = [], [], []
-    for k in range(dataset.num_episodes):
+    for k in range(dataset.num_episodes if episodes is None else episodes):
         ep = dataset.episode(k)
         a = ep["action"].double()
         T = a.shape[0]
@@ -120,8 +114,15 @@ def train(
     seed: int = 0,
     progress: bool = True,
     parameters: list[torch.nn.Parameter] | None = None,
+    episodes: int | None = None,
+    time_budget_s: float | None = None,
 ) -> list[dict[str, float]]:
-    """AdamW with linear warm-up and cosine decay through ``accelerate``; returns the loss log."""
+    """AdamW with linear warm-up and cosine decay through ``accelerate``; returns the loss log.
+
+    ``parameters`` defaults to every parameter that requires grad (a LoRA-wrapped model: the
+    adapter); ``episodes`` keeps only the first episodes of each dataset; ``time_budget_s`` stops
+    after that many seconds of training (the schedule still spans ``steps``).
+    """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
@@ -129,7 +130,7 @@ def train(
     gen = torch.Generator().manual_seed(seed)
     batches = []
     for name, ds in datasets.items():
-        samples = chunk_samples(ds, processor.chunk_length)
+        samples = chunk_samples(ds, processor.chunk_length, episodes)
         batches.append(RobotBatches(processor, processor.resolve(name), samples, gen))
     params = parameters if parameters is not None else [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
@@ -158,19 +159,33 @@ def train(
         log.append(entry)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{entry['loss']:.3f}", act=f"{entry['action_loss']:.3f}")
+        if time_budget_s is not None and time.perf_counter() - start >= time_budget_s:
+            break
     model.eval()
-    log.append({"step": steps, "seconds": time.perf_counter() - start})
+    log.append({"step": len(log), "seconds": time.perf_counter() - start})
     return log
 
 
-def prepare_data(recipe: PretrainRecipe, data_dir: Path, progress: bool = True) -> dict[str, LeRobotDataset]:
-    """Generate the synthetic episodes (unless already there) and open them."""
-    missing = [r for r in recipe.robots if not (data_dir / r / "meta" / "info.json").is_file()]
+def prepare_data(
+    recipe: Any,
+    data_dir: Path,
+    progress: bool = True,
+    robots: list[str | Embodiment] | None = None,
+    episodes: int | None = None,
+) -> dict[str, LeRobotDataset]:
+    """Generate the synthetic episodes (unless already there) and open them.
+
+    ``recipe`` supplies the generator settings (tasks, seed, steps_per_episode, goal_distance,
+    reach_profile); ``robots`` and ``episodes`` default to its ``robots`` and ``episodes_per_robot``.
+    """
+    robots = list(recipe.robots if robots is None else robots)
+    names = [r if isinstance(r, str) else r.name for r in robots]
+    missing = [r for r, n in zip(robots, names) if not (data_dir / n / "meta" / "info.json").is_file()]
     if missing:
         generate(
             missing,
             data_dir,
-            episodes_per_robot=recipe.episodes_per_robot,
+            episodes_per_robot=episodes or recipe.episodes_per_robot,
             tasks=recipe.tasks,
             seed=recipe.seed,
             steps_per_episode=recipe.steps_per_episode,
@@ -178,4 +193,4 @@ def prepare_data(recipe: PretrainRecipe, data_dir: Path, progress: bool = True) 
             progress=progress,
             reach_profile=recipe.reach_profile,
         )
-    return {r: load_dataset(data_dir / r) for r in recipe.robots}
+    return {n: load_dataset(data_dir / n) for n in names}

@@ -330,6 +330,44 @@ class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.action_head = value
 
+    # ------------------------------------------------------------------ Hub: checked loads, our card on push
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: Any, *args: Any, embodiment: Any = None, strict_embodiment: bool = False, **kwargs: Any
+    ) -> "WamForActionPrediction":
+        """transformers' loader; with ``embodiment=`` also checks the checkpoint's embodiment card for that
+        robot (URDF sha256, DoF, joint names, action representation): ``EmbodimentMismatchError`` with the
+        diff, or an ``EmbodimentAdaptedWarning`` saying how the canonical space bridges it."""
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if embodiment is not None:
+            from ...hub.checks import check_checkpoint
+
+            check_checkpoint(model.config, pretrained_model_name_or_path, embodiment, strict=strict_embodiment, hub_kwargs=kwargs)
+        return model
+
+    def load_adapter(self, peft_model_id: Any = None, adapter_name: str | None = None, *args: Any, embodiment: Any = None, **kwargs: Any) -> Any:
+        """transformers' PEFT loader, after checking the adapter's ``wam_base.json`` against this model and,
+        given ``embodiment``, its embodiment card against that robot."""
+        if peft_model_id is not None:
+            from ...hub.checks import check_adapter
+
+            check_adapter(self, peft_model_id, embodiment, hub_kwargs=kwargs)
+        return super().load_adapter(peft_model_id, adapter_name, *args, **kwargs)
+
+    def push_to_hub(self, repo_id: str, *, processor: Any = None, **publish_kwargs: Any) -> Any:
+        """Publish the model (and ``processor``, whose embodiment cards the card's robot table needs) with
+        embodyhub's model card, in one commit: see ``embodyhub.hub.publish``."""
+        from ...hub.publish import push_pretrained
+
+        return push_pretrained([self] + ([processor] if processor is not None else []), repo_id, **publish_kwargs)
+
+    def save_pretrained(self, save_directory: Any, *args: Any, push_to_hub: bool = False, **kwargs: Any) -> None:
+        """transformers' save; ``push_to_hub=True`` then publishes through ``push_to_hub`` (our card)."""
+        hub = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "private", "create_pr", "revision") if k in kwargs}
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if push_to_hub:
+            self.push_to_hub(hub.pop("repo_id", str(save_directory).rstrip("/").split("/")[-1]), token=kwargs.get("token"), **hub)
+
     def soft_label_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Cross-entropy against Gaussian-smoothed bin labels: bins are ordered, so a prediction one bin
         off is nearly right; plain one-hot cross-entropy would score it like a random bin."""
@@ -429,13 +467,15 @@ class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
         use_cache: bool = True,
         generator: torch.Generator | None = None,
         imagine: bool = False,
+        cache: Cache | None = None,
         **prefix: Tensor,
     ) -> dict[str, Tensor]:
         """Decode the action-token schedule ``action_dims/steps [B, L]``; returns tokens ``[B*G, L]``.
 
         With a cache the prefix is encoded once and shared by the ``num_samples`` paths of each
         observation (the cache is repeated, not recomputed). ``imagine=True`` adds the world head's
-        predicted end-effector positions ``[B*G, H, 3 * max_arms]``.
+        predicted end-effector positions ``[B*G, H, 3 * max_arms]``. ``cache``: an empty cache to fill
+        instead of a fresh ``DynamicCache`` (e.g. one that appends without re-copying).
         """
         B, L = action_dims.shape
         G = num_samples
@@ -444,7 +484,7 @@ class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
         tokens = bos.repeat_interleave(G, 0)
         hiddens = []
         if use_cache:
-            out = self(bos, action_dims[:, :1], action_steps[:, :1], use_cache=True, **prefix)
+            out = self(bos, action_dims[:, :1], action_steps[:, :1], cache=cache, use_cache=True, **prefix)
             cache, mask = out.cache, out.attention_mask
             if G > 1:
                 cache.batch_repeat_interleave(G)

@@ -223,9 +223,10 @@ class WamProcessor(ProcessorMixin):
         predicted = torch.zeros(self.space.dim, dtype=torch.bool)
         predicted[dims] = True
         seed = q_current.repeat_interleave(H, 0)
-        # One batched solve for all steps (IK seeded at the current state), then clamp step by step.
+        # One batched solve for all steps (IK seeded at the current state, fixed restart draws so the
+        # same tokens and state always give the same command), then clamp step by step.
         targets = adapter.from_canonical(
-            x.reshape(B * H, -1), seed, source_mask=predicted & adapter.mask, clamp_velocity=False, restarts=self.ik_restarts
+            x.reshape(B * H, -1), seed, source_mask=predicted & adapter.mask, clamp_velocity=False, restarts=self.ik_restarts, seed=0
         ).reshape(B, H, emb.dof)
         out, q = [], q_current.to(torch.float64)
         for h in range(H):
@@ -235,13 +236,22 @@ class WamProcessor(ProcessorMixin):
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> list[str]:
-        """``processor_config.json`` plus ``embodiments/<name>/{embodiment.json, robot.urdf}``."""
-        if push_to_hub:
-            raise NotImplementedError("pushing lands with embodyhub.hub (the publishing issue); save, then upload the folder")
+        """``processor_config.json`` plus ``embodiments/<name>/{embodiment.json, robot.urdf}``;
+        ``push_to_hub=True`` then publishes through ``push_to_hub`` (embodyhub's card)."""
+        hub = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "private", "create_pr", "revision", "token") if k in kwargs}
         files = super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
         for name, emb in self.embodiments.items():
             emb.save_pretrained(Path(save_directory) / EMBODIMENTS_DIR / name)
+        if push_to_hub:
+            self.push_to_hub(hub.pop("repo_id", Path(save_directory).name), **hub)
         return files
+
+    def push_to_hub(self, repo_id: str, **publish_kwargs: Any) -> Any:
+        """Publish the processor and its embodiment cards in one commit, with a card that also describes
+        the model already in the repo: see ``embodyhub.hub.publish``."""
+        from ...hub.publish import push_pretrained
+
+        return push_pretrained([self], repo_id, **publish_kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "WamProcessor":

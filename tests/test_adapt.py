@@ -1,0 +1,104 @@
+"""`embodyhub adapt` and the transfer benchmark at toy size (the real numbers come from benchmarks/transfer.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from embodyhub.cli import main
+from embodyhub.data import generate, load_dataset
+from embodyhub.embodiment import load_robot
+from embodyhub.embodiment.registry import robot_dir
+from embodyhub.errors import EmbodimentMismatchError
+from embodyhub.pretrained import tiny_base
+from embodyhub.models.wam import WamConfig, WamForActionPrediction, WamProcessor
+from embodyhub.training import AdaptRecipe, adapt, load_adapter
+from embodyhub.training.transfer import format_table, transfer_benchmark
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, chunk_length=2)
+RECIPE = dict(
+    episodes=4, steps_per_episode=12, lora={"r": 2, "alpha": 4}, train_steps=4, batch_size=8,
+    warmup_steps=1, eval_episodes=2, eval_max_steps=3,
+)
+
+
+@pytest.fixture()
+def base(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    processor = WamProcessor(chunk_length=2)
+    processor.add_embodiment(load_robot("panda"))
+    folder = tmp_path / "base"
+    WamForActionPrediction(WamConfig(**TINY)).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def recipe(tmp_path: Path) -> Path:
+    path = tmp_path / "adapt.yaml"
+    path.write_text(yaml.safe_dump(RECIPE))
+    return path
+
+
+def test_adapt_cli_trains_saves_and_reloads(recipe, tmp_path, capsys):
+    """On the shipped (trained) base: with peaked logits, greedy actions must not move when merging."""
+    base = tiny_base()
+    out = tmp_path / "run"
+    assert main(["adapt", "--base", str(base), "--robot", "ur5", "--recipe", str(recipe), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "adapter:" in printed and "of 4 episodes" in printed
+    folder = out / "adapter" / "ur5"
+    for name in ("adapter_config.json", "adapter_model.safetensors", "embodiment.json", "robot.urdf", "wam_base.json"):
+        assert (folder / name).is_file(), name
+    assert load_dataset(out / "data" / "ur5").num_episodes == 4
+    assert set(json.loads((out / "eval.json").read_text())) == {"ur5 zero-shot", "ur5 LoRA"}
+    assert len(json.loads((out / "adapt_log.json").read_text())) == RECIPE["train_steps"] + 1
+
+    ur5 = load_robot("ur5")
+    plain = WamForActionPrediction.from_pretrained(base).eval()
+    model, robot = load_adapter(WamForActionPrediction.from_pretrained(base).eval(), folder, embodiment=ur5)
+    assert any("lora_B" in n and p.abs().max() > 0 for n, p in model.named_parameters()), "the adapter did not train"
+    processor = WamProcessor.from_pretrained(base)
+    gen = torch.Generator().manual_seed(3)
+    q = ur5.sample(5, gen)
+    goal = ur5.chains[0].forward_kinematics(ur5.sample(5, gen))[:, None]
+    inputs = processor({"state": q, "goal": goal}, robot)
+    unmerged = model.predict_action(**inputs)
+    merged_model = model.merge_and_unload()
+    assert isinstance(merged_model, WamForActionPrediction)
+    assert (merged_model.predict_action(**inputs) - unmerged).abs().max() <= 1e-5
+    q_proj = [m.model.layers[0].self_attn.q_proj.weight for m in (plain, merged_model)]
+    assert not torch.equal(*q_proj)
+
+
+def test_adapt_urdf_robot_needs_its_arms(base, recipe, tmp_path, capsys):
+    urdf = robot_dir("ur5") / "robot.urdf"
+    args = ["adapt", "--base", str(base), "--robot", str(urdf), "--recipe", str(recipe), "--out", str(tmp_path / "u")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--arm BASE:TIP" in err and "tool0" in err
+    assert main(args + ["--arm", "base_link:tool0", "--control-hz", "50", "--steps", "2"]) == 0
+    card = json.loads((tmp_path / "u" / "adapter" / "ur5" / "embodiment.json").read_text())
+    assert card["urdf_sha256"] == load_robot("ur5").urdf_sha256
+
+
+def test_demos_of_another_robot_are_refused(base, tmp_path):
+    generate(["panda"], tmp_path / "d", episodes_per_robot=2, tasks=["reach"], steps_per_episode=8, progress=False)
+    model = WamForActionPrediction.from_pretrained(base)
+    with pytest.raises(EmbodimentMismatchError, match="does not match 'ur5'"):
+        adapt(model, WamProcessor.from_pretrained(base), load_robot("ur5"), load_dataset(tmp_path / "d" / "panda"), AdaptRecipe(**RECIPE))
+
+
+def test_transfer_benchmark_rows(base, tmp_path):
+    rows, results = transfer_benchmark(base, load_robot("ur5"), AdaptRecipe(**RECIPE), tmp_path / "data", (2, 3), progress=False)
+    assert [(r["method"], r["demos"]) for r in rows] == [("zero-shot", 0), ("lora", 2), ("full", 2), ("lora", 3), ("full", 3)]
+    lora, full = rows[1], rows[2]
+    assert 0 < lora["trainable"] < 0.2 and full["trainable"] == 1.0
+    assert 0 < lora["bytes"] < full["bytes"]
+    assert set(results) == {"zero-shot", "lora N=2", "full N=2", "lora N=3", "full N=3"}
+    table = format_table(rows, "ur5")
+    assert "LoRA / full at N=2" in table and "LoRA / full at N=3" in table
