@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
 import embodyhub  # noqa: F401  (registers the Auto classes)
 from embodyhub.embodiment import load_robot
+from embodyhub.export.thor import median_ms
 from embodyhub.models.wam import WamConfig, WamForActionPrediction, WamProcessor
 from embodyhub.training import PretrainRecipe
 
@@ -36,16 +35,6 @@ def load(model_dir: str | None) -> tuple[WamForActionPrediction, WamProcessor]:
     processor = WamProcessor(**recipe.processor)
     config = WamConfig(chunk_length=processor.chunk_length, action_bins=processor.action_bins, **recipe.model)
     return WamForActionPrediction(config).eval(), processor
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
 
 
 def main() -> None:

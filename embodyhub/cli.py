@@ -217,7 +217,7 @@ def _embodiment_from_args(args: argparse.Namespace) -> Any:
     arms = [tuple(a.split(":", 1)) for a in args.arm]
     if any(len(a) != 2 for a in arms):
         raise EmbodyHubError(f"--arm takes BASE:TIP link names, got {args.arm}")
-    return Embodiment.from_urdf(args.robot, arms=arms, grippers=args.gripper or (), control_hz=args.control_hz)
+    return Embodiment.from_urdf(args.robot, arms=arms, grippers=args.gripper or (), control_hz=args.control_hz, name=args.name)
 
 
 def _cmd_adapt(args: argparse.Namespace) -> int:
@@ -226,12 +226,14 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     from transformers import AutoModel, AutoProcessor
 
     from .data import load_dataset
+    from .pretrained import tiny_base
     from .training import AdaptRecipe, adapt, evaluate_reach, prepare_data, save_adapter, trainable_share
 
     recipe = AdaptRecipe.from_yaml(_recipe_path(args.recipe), episodes=args.episodes, train_steps=args.steps)
     out = Path(args.out)
-    model = AutoModel.from_pretrained(args.base).eval()
-    processor = AutoProcessor.from_pretrained(args.base)
+    base = args.base or str(tiny_base())
+    model = AutoModel.from_pretrained(base).eval()
+    processor = AutoProcessor.from_pretrained(base)
     emb = _embodiment_from_args(args)
     if args.data:
         dataset = load_dataset(args.data)
@@ -261,17 +263,24 @@ def _cmd_grpo(args: argparse.Namespace) -> int:
     from transformers import AutoModel, AutoProcessor
 
     from .embodiment import load_robot
+    from .pretrained import tiny_base
     from .training.grpo import GrpoRecipe, run_grpo, trainable_adapter
     from .training.lora import attach_adapter, load_adapter, lora_config
 
     recipe = GrpoRecipe.from_yaml(_recipe_path(args.recipe), steps=args.steps, time_budget_s=args.time_budget)
-    model = AutoModel.from_pretrained(args.model)
-    processor = AutoProcessor.from_pretrained(args.model)
-    emb = processor.embodiments[args.robot] if args.robot in processor.embodiments else load_robot(args.robot)
-    if args.adapter:
-        model, emb = load_adapter(model, args.adapter, emb)
+    base = args.model or str(tiny_base())
+    model = AutoModel.from_pretrained(base)
+    processor = AutoProcessor.from_pretrained(base)
+    if args.adapter:  # the adapter folder carries its robot's card and URDF
+        model, emb = load_adapter(model, args.adapter)
+        if args.robot and args.robot != emb.name:
+            raise EmbodyHubError(f"--robot {args.robot} but the adapter {args.adapter} is for '{emb.name}'")
         trainable_adapter(model)
-    elif args.lora:
+    elif not args.robot:
+        raise EmbodyHubError("give --robot (or --adapter, whose folder names the robot)")
+    else:
+        emb = processor.embodiments[args.robot] if args.robot in processor.embodiments else load_robot(args.robot)
+    if args.lora and not args.adapter:
         model = attach_adapter(model, emb, lora_config(**recipe.lora))
     torch.manual_seed(recipe.seed)
     result = run_grpo(model, processor, [emb], recipe, Path(args.out))
@@ -319,11 +328,13 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export.thor import ExportRecipe, build_bundle, load_model
+    from .pretrained import tiny_base
 
     recipe = ExportRecipe.from_yaml(_recipe_path(args.recipe), precision=args.precision)
-    model, processor, robot = load_model(args.model, args.adapter)
+    base = args.model or str(tiny_base())
+    model, processor, robot = load_model(base, args.adapter)
     robots = args.robot or ([robot.name] if robot is not None else None)
-    source = {"model": str(args.model), "adapter": str(args.adapter) if args.adapter else None}
+    source = {"model": base, "adapter": str(args.adapter) if args.adapter else None}
     manifest = build_bundle(
         model, processor, args.out, recipe.quant_config(), robots, recipe.batch_size, recipe.check_trials,
         recipe.latency_repeats, source,
@@ -382,11 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("adapt", help="train a LoRA adapter for a new robot (its URDF or a bundled name)")
-    p.add_argument("--base", required=True, help="folder (or Hub id) of the base model and processor")
+    p.add_argument("--base", help="folder (or Hub id) of the base model and processor (default: the shipped tiny base)")
     p.add_argument("--robot", required=True, help="bundled robot name, embodiment folder, or URDF file (with --arm)")
     p.add_argument("--arm", action="append", help="BASE:TIP links of an arm of a URDF robot (repeatable)")
     p.add_argument("--gripper", action="append", help="gripper joint of a URDF robot (repeatable, one per arm)")
     p.add_argument("--control-hz", type=float, default=30.0, help="control rate of a URDF robot")
+    p.add_argument("--name", help="name of a URDF robot (default: the URDF's robot name); also the adapter's name")
     p.add_argument("--data", help="LeRobot v3 dataset of the robot (default: generate synthetic demos)")
     p.add_argument("--recipe", default="adapt_lora", help="recipe YAML (or a bundled recipe name)")
     p.add_argument("--episodes", type=int, help="override the number of demos")
@@ -408,8 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("grpo", help="GRPO post-training on closed-loop reach (TRL), with periodic evaluation")
-    p.add_argument("--model", required=True, help="folder (or Hub id) with the model and processor")
-    p.add_argument("--robot", required=True, help="robot to train on (the model's or a bundled one)")
+    p.add_argument("--model", help="folder (or Hub id) with the model and processor (default: the shipped tiny base)")
+    p.add_argument("--robot", help="robot to train on (the model's or a bundled one; optional with --adapter)")
     p.add_argument("--adapter", help="train this LoRA adapter folder (embodyhub adapt) instead of the full model")
     p.add_argument("--lora", action="store_true", help="train a new LoRA adapter for --robot instead of the full model")
     p.add_argument("--recipe", default="grpo_reach", help="recipe YAML (or a bundled recipe name)")
@@ -427,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("export", help="quantize a WAM and write a Jetson Thor bundle (ONNX + manifest)")
-    p.add_argument("--model", required=True, help="folder (or Hub id) with the model and processor")
+    p.add_argument("--model", help="folder (or Hub id) with the model and processor (default: the shipped tiny base)")
     p.add_argument("--adapter", help="LoRA adapter folder to merge before quantizing")
     p.add_argument("--target", default="thor", choices=["thor"], help="deployment target")
     p.add_argument("--precision", choices=["int8", "int4", "fp8", "float32"], help="override the recipe's precision")

@@ -22,6 +22,7 @@ import torch
 from .embodiment import KinematicAdapter, list_robots, load_robot, retarget
 from .errors import EmbodyHubError
 from .recipes import Recipe, recipe_path
+from .training.evaluate import save_figure
 
 STAGES = ("kinematics", "base", "adapt", "grpo", "export", "publish")
 
@@ -31,7 +32,7 @@ class DemoRecipe(Recipe):
     """What ``embodyhub demo`` reads from ``recipes/demo.yaml``; ``smoke`` overrides apply with ``--smoke``."""
 
     robot: str = "kinova_jaco2"
-    goal_distance: float = 1.0
+    goal_distance: float = 0.6
     kinematics_robots: list[str] = field(default_factory=list)
     ik_targets: int = 100
     eval_episodes: int = 50
@@ -302,10 +303,7 @@ def _success_plot(stages: list[tuple[str, dict[str, Any]]], path: Path, robot: s
     ax.set_ylim(0, 110)
     ax.set_ylabel("reach success (%)")
     ax.set_title(f"{robot}: success after each stage")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _latency_plot(export: dict[str, Any], path: Path) -> Path:
@@ -320,10 +318,7 @@ def _latency_plot(export: dict[str, Any], path: Path) -> Path:
     ax.axvline(export["budget_ms"], color="k", ls="--", label=f"budget {export['budget_ms']:.0f} ms")
     ax.set_xlabel("ms per action chunk (this machine)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def render_report(demo: Demo, seconds: float) -> str:
@@ -353,7 +348,7 @@ def render_report(demo: Demo, seconds: float) -> str:
             shown = "-" if r["retarget_mm"] is None else f"{r['retarget_mm']:.2f} mm"
             lines.append(f"| {r['name']} | {r['dof']} | {r['arms']} | {r['round_trip_err']:.1e} | {r['ik_success']:.1%} "
                          f"| {r['ik_ms_per_target']:.2f} | {shown} |")
-        lines.append("")
+        lines += ["", "A retarget error above 1 mm means the Panda's end-effector poses leave that robot's workspace.", ""]
     stages = [(label, res[s]["eval"]) for s, label in
               (("base", "zero-shot"), ("adapt", "LoRA"), ("grpo", "LoRA+GRPO"), ("export", "int8 bundle")) if res.get(s)]
     if stages:

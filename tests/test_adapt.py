@@ -17,7 +17,8 @@ from embodyhub.errors import EmbodimentMismatchError
 from embodyhub.pretrained import tiny_base
 from embodyhub.models.wam import WamConfig, WamForActionPrediction, WamProcessor
 from embodyhub.training import AdaptRecipe, adapt, load_adapter
-from embodyhub.training.transfer import format_table, transfer_benchmark
+from embodyhub.envs import ReachEnv
+from embodyhub.training.transfer import expert_policy, format_table, transfer_benchmark
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, chunk_length=2)
 RECIPE = dict(
@@ -95,10 +96,23 @@ def test_demos_of_another_robot_are_refused(base, tmp_path):
 
 def test_transfer_benchmark_rows(base, tmp_path):
     rows, results = transfer_benchmark(base, load_robot("ur5"), AdaptRecipe(**RECIPE), tmp_path / "data", (2, 3), progress=False)
-    assert [(r["method"], r["demos"]) for r in rows] == [("zero-shot", 0), ("lora", 2), ("full", 2), ("lora", 3), ("full", 3)]
-    lora, full = rows[1], rows[2]
+    assert [(r["method"], r["demos"]) for r in rows] == [
+        ("expert", 0), ("zero-shot", 0), ("lora", 2), ("full", 2), ("lora", 3), ("full", 3)
+    ]
+    lora, full = rows[2], rows[3]
     assert 0 < lora["trainable"] < 0.2 and full["trainable"] == 1.0
     assert 0 < lora["bytes"] < full["bytes"]
-    assert set(results) == {"zero-shot", "lora N=2", "full N=2", "lora N=3", "full N=3"}
+    assert set(results) == {"expert", "zero-shot", "lora N=2", "full N=2", "lora N=3", "full N=3"}
     table = format_table(rows, "ur5")
     assert "LoRA / full at N=2" in table and "LoRA / full at N=3" in table
+
+
+def test_expert_row_is_the_demonstrator_closed_loop():
+    """The ceiling row replays the recipe's expert from the evaluation's own starts: it reaches short goals."""
+    ur5 = load_robot("ur5")
+    recipe = AdaptRecipe(**{**RECIPE, "goal_distance": 0.3})
+    env = ReachEnv(ur5, batch_size=8, max_steps=60, seed=5, goal_distance=0.3)
+    result = env.evaluate(expert_policy(ur5, recipe), 8, seed=5)
+    assert result["success_rate"] == 1.0
+    short = ReachEnv(ur5, batch_size=8, max_steps=2, seed=5, goal_distance=0.3).evaluate(expert_policy(ur5, recipe), 8, seed=5)
+    assert short["success_rate"] < 1.0  # the step budget binds the expert like the policies

@@ -20,7 +20,6 @@ from torch import Tensor
 from ..embodiment import Embodiment
 from ..errors import InvalidActionError
 from ..kinematics import KinematicChain, pose_error
-from ..kinematics.rotations import axis_angle_to_matrix
 
 _PEAK_SPEED = 15 / 8  # peak / mean speed of the minimum-jerk profile
 _MAX_PROPORTIONAL_STEPS = 400
@@ -164,22 +163,18 @@ def plan_reach(
     limit needs it. ``profile="proportional"``: each step closes ``gain`` of the remaining joint
     distance, capped by the velocity limits, until within 1e-3; the next command then depends only
     on the current state and the goal (no hidden phase), which is what a reactive policy can learn.
-    ``profile="cartesian"``: the same reactive law on the end-effector pose (see ``_plan_cartesian``):
-    the tip moves on a straight line toward the goal whichever IK solution the arm is near.
     """
     goal = torch.as_tensor(goal)
     if profile == "min_jerk":
         return plan_trace(embodiment, q_start, goal[:, None], steps, steps, generator, gripper)
-    if profile not in ("proportional", "cartesian"):
-        raise ValueError(f"profile must be 'min_jerk', 'proportional' or 'cartesian', got {profile!r}")
+    if profile != "proportional":
+        raise ValueError(f"profile must be 'min_jerk' or 'proportional', got {profile!r}")
     if not 0 < gain <= 1:
         raise ValueError(f"gain must be in (0, 1], got {gain}")
     q_start = embodiment.check_q(q_start, "q_start").to(torch.float64)
     goal = goal.to(torch.float64)
     if gripper is None:
         gripper = _gripper_targets(embodiment, q_start.shape[0], generator)
-    if profile == "cartesian":
-        return _plan_cartesian(embodiment, q_start, goal, torch.as_tensor(gripper, dtype=torch.float64), gain)
     knots, reached = _solve_knots(embodiment, q_start, goal[:, None], gripper, generator, 1e-3, 1e-3)
     target, per_step = knots[0], embodiment.velocity_limit.to(q_start) * embodiment.dt
     q, out = q_start, []
@@ -192,52 +187,3 @@ def plan_reach(
     arrived = ((target[:, None] - plan).abs() < 1e-3).all(-1)
     lengths = torch.where(arrived.any(1), arrived.long().argmax(1) + 1, torch.full_like(arrived[:, 0], plan.shape[1], dtype=torch.long))
     return ExpertPlan(q=plan, lengths=lengths, reached=reached & arrived[:, -1])
-
-
-def _plan_cartesian(embodiment: Embodiment, q_start: Tensor, goal: Tensor, gripper: Tensor, gain: float) -> ExpertPlan:
-    """Reactive straight-line reach in task space: each step every arm's tip closes ``gain`` of its pose
-    error (position along the segment to the goal, rotation along the geodesic), solved by IK seeded
-    at the current configuration (arms in turn). The arm's joint step is scaled down as a whole to
-    respect the velocity limits (so the tip stays on its line, only slower) and clamped to the
-    position limits; grippers move like the proportional profile. A sample stops (and then holds)
-    once every tip is within 1e-3 m and 1e-3 rad and every gripper within 1e-3 of its target;
-    ``reached`` is False where a segment leaves the workspace or a limit stalls the tip.
-    """
-    per_step = embodiment.velocity_limit.to(q_start) * embodiment.dt
-    grip = embodiment.gripper_indices
-    arm = torch.ones(embodiment.dof, dtype=torch.bool)
-    arm[grip] = False
-
-    def arrived_at(q: Tensor) -> Tensor:
-        ok = (gripper - q[:, grip]).abs().lt(1e-3).all(-1)
-        for i, (chain, idx) in enumerate(zip(embodiment.chains, embodiment.arm_indices)):
-            e = pose_error(chain.forward_kinematics(q[:, idx]), goal[:, i])
-            ok &= (e[:, :3].norm(dim=-1) < 1e-3) & (e[:, 3:].norm(dim=-1) < 1e-3)
-        return ok
-
-    q, out = q_start, []
-    arrived = arrived_at(q)
-    lengths = torch.where(arrived, 1, 0)
-    for t in range(_MAX_PROPORTIONAL_STEPS):
-        target = q.clone()
-        for i, (chain, idx) in enumerate(zip(embodiment.chains, embodiment.arm_indices)):
-            T = chain.forward_kinematics(target[:, idx])
-            e = pose_error(T, goal[:, i])
-            T_next = T.clone()
-            T_next[:, :3, 3] += gain * e[:, :3]
-            T_next[:, :3, :3] = axis_angle_to_matrix(gain * e[:, 3:]) @ T[:, :3, :3]
-            result = chain.inverse_kinematics(T_next, q0=target[:, idx], tol_pos=1e-7, tol_rot=1e-7, restarts=0)
-            target[:, idx] = result.q
-        step = target - q
-        scale = (per_step[arm] / step[:, arm].abs().clamp_min(1e-12)).amin(-1, keepdim=True).clamp(max=1)
-        step[:, arm] *= scale
-        step[:, grip] = torch.maximum(torch.minimum(gain * (gripper - q[:, grip]), per_step[grip]), -per_step[grip])
-        q = torch.where(arrived[:, None], q, embodiment.clamp(q + step, q))
-        out.append(q)
-        now = ~arrived & arrived_at(q)
-        lengths[now] = t + 1
-        arrived |= now
-        if arrived.all():
-            break
-    plan = torch.stack(out, 1)
-    return ExpertPlan(q=plan, lengths=torch.where(arrived, lengths, plan.shape[1]), reached=arrived)

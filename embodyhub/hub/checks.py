@@ -37,7 +37,10 @@ class EmbodimentAdaptedWarning(UserWarning):
 
 
 def _optional_file(path_or_repo: str | os.PathLike, filename: str, hub: dict[str, Any]) -> str | None:
-    return cached_file(path_or_repo, filename, _raise_exceptions_for_missing_entries=False, **hub)
+    try:
+        return cached_file(path_or_repo, filename, _raise_exceptions_for_missing_entries=False, **hub)
+    except OSError as exc:  # neither a local folder nor a Hub repo id that resolves
+        raise EmbodimentMismatchError(f"{path_or_repo}: not a local folder or a reachable Hub repository ({exc})") from exc
 
 
 def card_diff(card: dict[str, Any], embodiment: Embodiment) -> list[str]:

@@ -72,6 +72,13 @@ def plot_results(results: dict[str, dict[str, Any]], path: str | Path, title: st
         ax.set_xlabel("x (m, arm base)")
         ax.set_ylabel("y (m)")
         ax.set_aspect("equal", adjustable="datalim")
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Lay out, save at 90 dpi (creating the folder) and close ``fig`` (pyplot keeps open figures alive)."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

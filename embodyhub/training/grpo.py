@@ -47,9 +47,9 @@ from trl.trainer import grpo_trainer as _trl_grpo
 from ..embodiment import Embodiment
 from ..errors import InvalidActionError
 from ..models.wam import WamForActionPrediction, WamProcessor
-from .evaluate import evaluate_reach
+from .evaluate import evaluate_reach, save_figure
 from .lora import save_adapter
-from .pretrain import Recipe
+from ..recipes import Recipe
 from .rewards import ReachReward, WorldModelReward, group_by_robot, observation_tensors
 
 TRL_SEAMS = (
@@ -511,12 +511,7 @@ def plot_curve(rewards: list[tuple[int, float]], success: list[dict[str, Any]], 
     b.set_title(f"{title}: held-out reach")
     if robots:
         b.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def grpo_config(recipe: GrpoRecipe, output_dir: str | Path, **overrides: Any) -> GRPOConfig:

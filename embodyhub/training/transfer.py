@@ -2,6 +2,8 @@
 
 Every method starts from the same base checkpoint, trains on the first N episodes of one
 synthetic dataset and is scored on the same held-out reach targets, so the rows are comparable.
+An ``expert`` row scores the demonstrator itself on those targets within the same step budget:
+the ceiling imitation can reach (a slow arm may need more steps than the budget allows).
 """
 
 from __future__ import annotations
@@ -12,16 +14,30 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
 from transformers import AutoModel, AutoProcessor
 
 from ..embodiment import Embodiment
+from ..envs import Policy, ReachEnv, plan_reach
 from .evaluate import evaluate_reach
 from .lora import AdaptRecipe, adapt, save_adapter, trainable_share
 from .pretrain import prepare_data
 
+EVAL_SEED = 1234  # reach targets of every row (the demonstrations use the recipe's seed)
+
 
 def _folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def expert_policy(embodiment: Embodiment, recipe: AdaptRecipe) -> Policy:
+    """The demonstrator as a policy: its whole reach plan from the current state, as one chunk."""
+    generator = torch.Generator().manual_seed(recipe.seed)
+
+    def policy(obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return plan_reach(embodiment, obs["q"], obs["goal"], recipe.steps_per_episode, generator, profile=recipe.reach_profile).q
+
+    return policy
 
 
 def transfer_benchmark(
@@ -42,12 +58,20 @@ def transfer_benchmark(
 
     def evaluate(model: Any, processor: Any) -> dict[str, Any]:
         return evaluate_reach(
-            model, processor, [embodiment], recipe.eval_episodes, recipe.eval_max_steps, goal_distance=recipe.goal_distance
+            model, processor, [embodiment], recipe.eval_episodes, recipe.eval_max_steps, EVAL_SEED, goal_distance=recipe.goal_distance
         )[embodiment.name]
 
     processor = AutoProcessor.from_pretrained(base)
-    results = {"zero-shot": evaluate(AutoModel.from_pretrained(base).eval(), processor)}
-    rows = [dict(method="zero-shot", demos=0, success=results["zero-shot"]["success_rate"], trainable=0.0, bytes=0, seconds=0.0)]
+    # The environment ``evaluate_reach`` builds, so the expert meets the same targets.
+    env = ReachEnv(embodiment, recipe.eval_episodes, max_steps=recipe.eval_max_steps, seed=EVAL_SEED, goal_distance=recipe.goal_distance)
+    results = {
+        "expert": env.evaluate(expert_policy(embodiment, recipe), recipe.eval_episodes, seed=EVAL_SEED),
+        "zero-shot": evaluate(AutoModel.from_pretrained(base).eval(), processor),
+    }
+    rows = [
+        dict(method=m, demos=0, success=results[m]["success_rate"], trainable=0.0, bytes=0, seconds=0.0)
+        for m in ("expert", "zero-shot")
+    ]
     with tempfile.TemporaryDirectory(prefix="embodyhub-transfer-") as tmp:
         for n in demo_counts:
             for method in methods:
