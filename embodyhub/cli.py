@@ -109,6 +109,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_dir(value: str | None) -> str:
+    """``--model``/``--base``: a folder or Hub id, defaulting to the tiny base shipped in the package."""
+    from .pretrained import tiny_base
+
+    return value or str(tiny_base())
+
+
 def _report_eval(results: dict[str, Any], out: Any, title: str) -> None:
     from .training import plot_results
 
@@ -183,10 +190,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from transformers import AutoModel, AutoProcessor
 
     from .embodiment import load_robot
-    from .pretrained import tiny_base
     from .training import evaluate_reach
 
-    base = args.model or str(tiny_base())
+    base = _model_dir(args.model)
     if args.transfer:
         return _cmd_transfer(args, base)
     model = AutoModel.from_pretrained(base).eval()
@@ -226,12 +232,12 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     from transformers import AutoModel, AutoProcessor
 
     from .data import load_dataset
-    from .pretrained import tiny_base
     from .training import AdaptRecipe, adapt, evaluate_reach, prepare_data, save_adapter, trainable_share
+    from .training.transfer import folder_bytes
 
     recipe = AdaptRecipe.from_yaml(_recipe_path(args.recipe), episodes=args.episodes, train_steps=args.steps)
     out = Path(args.out)
-    base = args.base or str(tiny_base())
+    base = _model_dir(args.base)
     model = AutoModel.from_pretrained(base).eval()
     processor = AutoProcessor.from_pretrained(base)
     emb = _embodiment_from_args(args)
@@ -245,7 +251,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     model, log = adapt(model, processor, emb, dataset, recipe)
     folder = save_adapter(model, emb, out / "adapter")
     (out / "adapt_log.json").write_text(json.dumps(log))
-    size = sum(f.stat().st_size for f in folder.iterdir())
+    size = folder_bytes(folder)
     print(
         f"adapter: {folder} ({size / 1e6:.2f} MB, {trainable_share(model):.2%} of the parameters trained on "
         f"{used} of {dataset.num_episodes} episodes, {log[-1]['seconds']:.0f} s)"
@@ -263,12 +269,11 @@ def _cmd_grpo(args: argparse.Namespace) -> int:
     from transformers import AutoModel, AutoProcessor
 
     from .embodiment import load_robot
-    from .pretrained import tiny_base
     from .training.grpo import GrpoRecipe, run_grpo, trainable_adapter
     from .training.lora import attach_adapter, load_adapter, lora_config
 
     recipe = GrpoRecipe.from_yaml(_recipe_path(args.recipe), steps=args.steps, time_budget_s=args.time_budget)
-    base = args.model or str(tiny_base())
+    base = _model_dir(args.model)
     model = AutoModel.from_pretrained(base)
     processor = AutoProcessor.from_pretrained(base)
     if args.adapter:  # the adapter folder carries its robot's card and URDF
@@ -328,10 +333,9 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export.thor import ExportRecipe, build_bundle, load_model
-    from .pretrained import tiny_base
 
     recipe = ExportRecipe.from_yaml(_recipe_path(args.recipe), precision=args.precision)
-    base = args.model or str(tiny_base())
+    base = _model_dir(args.model)
     model, processor, robot = load_model(base, args.adapter)
     robots = args.robot or ([robot.name] if robot is not None else None)
     source = {"model": base, "adapter": str(args.adapter) if args.adapter else None}

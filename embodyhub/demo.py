@@ -10,7 +10,6 @@ Each stage writes ``<out>/<stage>/result.json``: a rerun skips finished stages (
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -95,14 +94,6 @@ def kinematics_stage(names: list[str], n_targets: int, seed: int = 0) -> list[Ro
     return rows
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-
-
 class Demo:
     """Runs the stages in order; each one reads what the earlier ones wrote under ``out``."""
 
@@ -158,13 +149,17 @@ class Demo:
 
         return AutoModel.from_pretrained(self.base_dir).eval()
 
-    def adapter_dir(self) -> Path | None:
-        """The latest adapter: GRPO's if it ran, else the LoRA stage's."""
+    def latest_adapter(self) -> tuple[str, Path] | None:
+        """The stage that wrote the latest adapter (GRPO's if it ran, else LoRA's) and the adapter folder."""
         for stage in ("grpo", "adapt"):
             result = self.results.get(stage)
             if result and result.get("adapter"):
-                return self.out / stage / result["adapter"]
+                return stage, self.out / stage / result["adapter"]
         return None
+
+    def adapter_dir(self) -> Path | None:
+        latest = self.latest_adapter()
+        return latest[1] if latest else None
 
     # ------------------------------------------------------------------ stages
     def kinematics(self, folder: Path) -> dict[str, Any]:
@@ -178,6 +173,7 @@ class Demo:
 
     def adapt(self, folder: Path) -> dict[str, Any]:
         from .training import AdaptRecipe, adapt, prepare_data, save_adapter, trainable_share
+        from .training.transfer import folder_bytes
 
         recipe = AdaptRecipe.from_yaml(recipe_path("adapt_lora"), goal_distance=self.recipe.goal_distance, **self.recipe.adapt)
         data = prepare_data(recipe, folder / "data", robots=[self.robot], episodes=recipe.episodes)[self.robot.name]
@@ -189,7 +185,7 @@ class Demo:
             "train_steps": recipe.train_steps,
             "train_seconds": log[-1]["seconds"],
             "trainable_share": trainable_share(model),
-            "adapter_bytes": _bytes(adapter),
+            "adapter_bytes": folder_bytes(adapter),
             "eval": self.evaluate(model.eval(), folder, "LoRA"),
         }
 
@@ -225,11 +221,12 @@ class Demo:
         from .export.thor import ExportRecipe, build_bundle, load_model
 
         recipe = ExportRecipe.from_yaml(recipe_path("export_thor"), **self.recipe.export)
-        model, processor, _ = load_model(self.base_dir, self.adapter_dir())
+        adapter = self.adapter_dir()
+        model, processor, _ = load_model(self.base_dir, adapter)
         float_bytes = sum(p.numel() * 4 for p in model.parameters())
         manifest = build_bundle(
             model, processor, folder / "bundle", recipe.quant_config(), [self.robot.name], recipe.batch_size,
-            recipe.check_trials, recipe.latency_repeats, {"base_model": str(self.base_dir), "adapter": str(self.adapter_dir())},
+            recipe.check_trials, recipe.latency_repeats, {"base_model": str(self.base_dir), "adapter": str(adapter)},
         )
         entry = manifest["embodiments"][0]
         latency = {k: v for k, v in entry["latency_ms"].items() if isinstance(v, (int, float))}
@@ -253,6 +250,7 @@ class Demo:
         from huggingface_hub import snapshot_download
 
         from .hub import find_eval, publish
+        from .export.thor import sha256
         from .hub.local_server import LocalHub
 
         # The local server speaks the classic LFS protocol, not Xet: switch Xet off in this process.
@@ -260,9 +258,9 @@ class Demo:
         hub = LocalHub().start()
         org = self.recipe.hub_org
         uploads = [("base", self.base_dir, "base", f"{org}/wam-tiny", None)]
-        adapter = self.adapter_dir()
-        if adapter is not None:
-            stage = "grpo" if self.results.get("grpo") else "adapt"
+        latest = self.latest_adapter()
+        if latest is not None:
+            stage, adapter = latest
             uploads.append(("adapter", adapter, stage, f"{org}/wam-tiny-{self.robot.name}-lora", f"{org}/wam-tiny"))
         export = self.results.get("export")
         if export:
@@ -275,7 +273,7 @@ class Demo:
                 res = publish(local, repo_id, base_model=base_model, eval_path=eval_path, endpoint=hub.url)
                 pulled = Path(snapshot_download(repo_id, endpoint=hub.url, cache_dir=folder / "cache"))
                 same = all(
-                    _sha256(pulled / rel) == _sha256(p)
+                    sha256(pulled / rel) == sha256(p)
                     for rel, p in ((str(p.relative_to(local)), p) for p in local.rglob("*") if p.is_file() and p.name != "README.md")
                 )
                 card = (pulled / "README.md").read_text()

@@ -26,7 +26,8 @@ from .pretrain import prepare_data
 EVAL_SEED = 1234  # reach targets of every row (the demonstrations use the recipe's seed)
 
 
-def _folder_bytes(folder: Path) -> int:
+def folder_bytes(folder: Path) -> int:
+    """Bytes on disk of every file under ``folder`` (an adapter, a saved model)."""
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
@@ -90,7 +91,7 @@ def transfer_benchmark(
                 results[key] = evaluate(model, processor)
                 rows.append(dict(
                     method=method, demos=n, success=results[key]["success_rate"], trainable=share,
-                    bytes=_folder_bytes(saved), seconds=log[-1]["seconds"],
+                    bytes=folder_bytes(saved), seconds=log[-1]["seconds"],
                 ))
     return rows, results
 
