@@ -2,6 +2,7 @@
 
 Peer: the same WAM in float32 (eager PyTorch, and its own float32 bundle for sizes). On CPU it prints,
 for float32 / int8 / int4 / fp8 bundles of the tiny base: bundle and weight-file size vs float32, the
+ONNX bytes (the policy graph's structure and the external-data file the bundle's graphs share), the
 action error vs float32 in normalized units (fraction of each canonical dimension's range) and token
 agreement, closed-loop reach success of the quantized model (``evaluate_reach``), and latency per
 chunk (token decoding) of eager float32, the quantized torch-reference path and onnxruntime.
@@ -32,11 +33,12 @@ from embodyhub.embodiment import load_robot
 from embodyhub.export import QuantConfig, quantize_model
 from embodyhub.export.fused import fuse_decoder
 from embodyhub.export.onnx import (
+    ONNX_DATA_NAME,
     PolicyGraph,
     example_inputs,
     ort_session,
 )
-from embodyhub.export.thor import build_bundle, load_model, median_ms
+from embodyhub.export.thor import ExportRecipe, build_bundle, load_model, median_ms
 from embodyhub.training import evaluate_reach
 
 PRECISIONS = ["float32", "int8", "int4", "fp8"]
@@ -110,7 +112,8 @@ def cpu_table(args: argparse.Namespace) -> None:
             "precision": precision,
             "bundle_bytes": manifest["bytes_total"],
             "weights_bytes": files["model.quantized.safetensors"]["bytes"],
-            "onnx_bytes": files[f"policy_{args.robot}.onnx"]["bytes"],
+            "graph_bytes": files[f"policy_{args.robot}.onnx"]["bytes"],
+            "onnx_data_bytes": files[ONNX_DATA_NAME]["bytes"],
             "err_mean": mean_err, "err_max": max_err, "token_agreement": agree,
             "onnx_max_abs": manifest["embodiments"][0]["onnx_check"]["max_abs_canonical"],
             "success": success(model, processor, robots, args.episodes),
@@ -130,13 +133,16 @@ def cpu_table(args: argparse.Namespace) -> None:
             r[f"{kind}_ms"] = statistics.median(samples[(r["precision"], kind)][2:])
     f32 = rows[0]
     print(f"\ntiny base {model_dir}, robot {args.robot}, CPU {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}")
-    print(f"{'precision':<9} {'bundle MB':>9} {'x f32':>6} {'weights MB':>10} {'x f32':>6} {'onnx MB':>8} {'err mean':>9} {'err max':>8} "
+    print(f"{'precision':<9} {'bundle MB':>9} {'x f32':>6} {'weights MB':>10} {'x f32':>6} {'graph KB':>8} {'data MB':>7} {'err mean':>9} {'err max':>8} "
           f"{'tokens':>7} {'onnx diff':>9} {'success':>8} {'torch ms':>9} {'once ms':>8} {'ort ms':>7}")
     for r in rows:
         print(f"{r['precision']:<9} {r['bundle_bytes'] / 1e6:>9.2f} {r['bundle_bytes'] / f32['bundle_bytes']:>6.3f} "
-              f"{r['weights_bytes'] / 1e6:>10.2f} {r['weights_bytes'] / f32['weights_bytes']:>6.3f} {r['onnx_bytes'] / 1e6:>8.2f} "
+              f"{r['weights_bytes'] / 1e6:>10.2f} {r['weights_bytes'] / f32['weights_bytes']:>6.3f} {r['graph_bytes'] / 1e3:>8.1f} "
+              f"{r['onnx_data_bytes'] / 1e6:>7.2f} "
               f"{r['err_mean']:>9.4f} {r['err_max']:>8.4f} {r['token_agreement']:>7.1%} {r['onnx_max_abs']:>9.1e} "
               f"{r['success']:>8.1%} {r['torch_ms']:>9.1f} {r['once_ms']:>8.1f} {r['ort_ms']:>7.1f}")
+    print(f"graph: policy_{args.robot}.onnx (prefill + Loop over the action tokens + bin decoding, weights external); "
+          f"data: {ONNX_DATA_NAME}, the weights all the bundle's graphs share")
     print(f"success: mean closed-loop reach success over {len(robots)} robots x {args.episodes} episodes (quantized torch path)")
     print(f"latency: median ms per chunk at batch 1, round-robin over {args.repeats} rounds (budget {f32['budget_ms']:.0f} ms for "
           f"{args.robot}, which also pays the host's IK decode); all three run the bundle graph's work (processor, token "
@@ -147,9 +153,9 @@ def cpu_table(args: argparse.Namespace) -> None:
 
 def mid_sizes(args: argparse.Namespace) -> None:
     """Weight file and decode-step graph sizes per precision for a wider WAM (random weights: sizes depend on
-    shapes only), where the weights rather than the graph structure dominate. The decode step (one token,
-    not the unrolled chunk) keeps the export's memory small: tracing the unrolled 100M+ policy graph needs
-    more than 20 GB of host memory."""
+    shapes only), where the weights rather than the graph structure dominate. The decode step holds each
+    weight once (a standalone policy graph holds the prefill's and the Loop body's copies; a bundle stores
+    them once in its shared data file)."""
     from embodyhub.export.onnx import export_decode_step
     from embodyhub.export.quantize import save_quantized
     from embodyhub.models.wam import WamConfig, WamForActionPrediction, WamProcessor
@@ -243,7 +249,7 @@ def main() -> None:
     parser.add_argument("--model", help="saved model folder (default: the shipped tiny base)")
     parser.add_argument("--robot", default="panda")
     parser.add_argument("--episodes", type=int, default=50)
-    parser.add_argument("--group-size", type=int, default=32)
+    parser.add_argument("--group-size", type=int, default=ExportRecipe.group_size, help="int4 group size (default: the export recipe's)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", default="/tmp/eh_export_bench")
     parser.add_argument("--skip-cpu", action="store_true", help="only the GPU tables")

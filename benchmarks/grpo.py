@@ -1,23 +1,24 @@
 """GRPO vs more behaviour cloning at equal wall-clock, and the cost of G=8 paths vs G=1 per GRPO step.
 
 Setting (printed with the table): a robot held out from the tiny base's pretraining (default
-``kinova_jaco2``) gets a LoRA adapter from a few demonstrations, synthetic expert reaches to goals
-within ``--demo-goal-distance`` (0.3 rad per joint, like the pretraining data) of the start. The
-user's task is farther: goals within ``--goal-distance`` (1.0). The demonstrations do not cover
-it, the simulator does: that is what GRPO is for. Starting from that adapter (``--start-steps`` of
-behaviour cloning), the same wall-clock budget is spent on
+``kinova_jaco2``) gets a LoRA adapter from a few demonstrations (``--demos``, synthetic expert
+reaches to goals within ``--goal-distance`` rad per joint of the start, ``--start-steps`` of
+behaviour cloning). Cloning that slow, velocity-saturated demonstrator gives a policy that reaches
+but too slowly for the episode's step budget. Starting from the saved adapter, the same wall-clock
+budget is spent on
 
-- GRPO (``run_grpo``: ``WamGRPOTrainer`` + ``ReachReward``, prompts from the adapter's own
-  closed-loop episodes on task goals drawn with ``--prompt-seed``; collecting them counts), and
+- GRPO (``run_grpo`` with ``recipes/grpo_reach.yaml``: ``WamGRPOTrainer`` + ``ReachReward``,
+  prompts from the adapter's own closed-loop episodes on task goals drawn with ``--prompt-seed``;
+  collecting them counts), and
 - more behaviour cloning of the adapter on the same demonstrations (``embodyhub.training.train``
   with the adapt recipe's learning rate, stopped when the budget is spent),
 
-each from the same saved adapter, then both are scored by closed-loop reach success on held-out
-task goals drawn with ``--eval-seed`` (not the prompts' seed). Both budgets are measured elapsed
-time. The second table times GRPO steps at 8 observations with ``num_generations`` 8 and 1,
-alternating rounds of steps in one process so that machine load hits both alike.
+then both are scored by closed-loop reach success on held-out task goals drawn with
+``--eval-seed`` (not the prompts' seed). Both budgets are measured elapsed time. The second table
+times GRPO steps at 8 observations with ``num_generations`` 8 and 1, alternating rounds of steps
+in one process so that machine load hits both alike.
 
-    python benchmarks/grpo.py [--robot kinova_jaco2] [--budget 240] [--demos 20]
+    python benchmarks/grpo.py [--robot kinova_jaco2] [--budget 240] [--demos 10] [--goal-distance 0.6]
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from transformers import AutoModel, AutoProcessor, PrinterCallback
 import embodyhub  # noqa: F401
 from embodyhub.embodiment import load_robot
 from embodyhub.pretrained import tiny_base
+from embodyhub.recipes import recipe_path
 from embodyhub.training import evaluate_reach, train
 from embodyhub.training.grpo import (
     GrpoRecipe,
@@ -54,6 +56,13 @@ def success(model, processor, emb, args) -> dict:
     return {"success": r["success_rate"], "pos_err": r["pos_err"]}
 
 
+def grpo_recipe(args, **overrides) -> GrpoRecipe:
+    """The GRPO recipe with the task's goals and training seed (and ``--lr`` when given)."""
+    if args.lr is not None:
+        overrides["learning_rate"] = args.lr
+    return GrpoRecipe.from_yaml(recipe_path(args.recipe), goal_distance=args.goal_distance, prompt_seed=args.prompt_seed, **overrides)
+
+
 def load_start(args, emb, adapter_dir: Path):
     base = AutoModel.from_pretrained(args.model)
     processor = AutoProcessor.from_pretrained(args.model)
@@ -69,7 +78,7 @@ def step_times(args, emb, adapter_dir: Path, rounds: int = 3, steps: int = 4) ->
     for _ in range(rounds):
         for G in (1, 8):
             model, processor, robot = load_start(args, emb, adapter_dir)
-            recipe = GrpoRecipe(steps=steps + 1, num_generations=max(G, 2), observations_per_step=8, learning_rate=args.lr)
+            recipe = grpo_recipe(args, steps=steps + 1, num_generations=max(G, 2), observations_per_step=8)
             # GRPOConfig refuses num_generations=1 (no group, no advantage): build with 2, then sample 1 per observation.
             config = grpo_config(recipe, Path(tempfile.mkdtemp()) / "trainer", per_device_train_batch_size=8 * G, disable_tqdm=True)
             trainer = WamGRPOTrainer(model, [ReachReward(processor, {robot.name: robot})], config, prompts, processor, {robot.name: robot})
@@ -84,18 +93,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(tiny_base()), help="base model folder (default: the shipped tiny base)")
     p.add_argument("--robot", default="kinova_jaco2", help="a robot the base was not pretrained on")
-    p.add_argument("--demos", type=int, default=20, help="demonstrations the user has")
-    p.add_argument("--demo-goal-distance", type=float, default=0.3)
-    p.add_argument("--goal-distance", type=float, default=1.0, help="the task: GRPO prompts and evaluation")
+    p.add_argument("--demos", type=int, default=10, help="demonstrations the user has")
+    p.add_argument("--goal-distance", type=float, default=0.6, help="the task: demonstrations, GRPO prompts and evaluation")
+    p.add_argument("--demo-goal-distance", type=float, help="goals of the demonstrations (default: the task's)")
     p.add_argument("--start-steps", type=int, default=100, help="behaviour-cloning steps of the starting adapter")
     p.add_argument("--budget", type=float, default=240.0, help="seconds of training for each method")
     p.add_argument("--episodes", type=int, default=50, help="evaluation episodes")
     p.add_argument("--eval-seed", type=int, default=1234, help="held-out evaluation goals")
     p.add_argument("--prompt-seed", type=int, default=7, help="GRPO's training goals")
-    p.add_argument("--lr", type=float, default=1e-3, help="GRPO learning rate (LoRA)")
+    p.add_argument("--recipe", default="grpo_reach", help="GRPO recipe (temperature, learning rate, reward, ...)")
+    p.add_argument("--lr", type=float, help="override the recipe's GRPO learning rate")
     p.add_argument("--skip-cost", action="store_true", help="only the GRPO vs behaviour-cloning table")
     p.add_argument("--cost-only", action="store_true", help="only the step-cost table")
     args = p.parse_args()
+    if args.demo_goal_distance is None:
+        args.demo_goal_distance = args.goal_distance
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="embodyhub-grpo-bench-"))
 
@@ -133,10 +145,7 @@ def compare(args, emb, demos, bc: AdaptRecipe, adapter_dir: Path) -> None:
     # (a) GRPO for the budget
     torch.manual_seed(0)
     model, processor, robot = load_start(args, emb, adapter_dir)
-    recipe = GrpoRecipe(
-        steps=10**6, time_budget_s=args.budget, learning_rate=args.lr, eval_every=0,
-        goal_distance=args.goal_distance, prompt_seed=args.prompt_seed,
-    )
+    recipe = grpo_recipe(args, steps=10**6, time_budget_s=args.budget, eval_every=0)
     res = run_grpo(model, processor, [robot], recipe, adapter_dir.parent / "grpo", progress=False, save=False)
     grpo = success(model, processor, robot, args) | {"seconds": res["seconds"], "steps": res["trainer"].state.global_step}
 

@@ -259,6 +259,13 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     if before is not None:
         after = evaluate_reach(model, processor, [emb], *eval_args, goal_distance=recipe.goal_distance)
         _report_eval({f"{emb.name} zero-shot": before[emb.name], f"{emb.name} LoRA": after[emb.name]}, out, "reach before/after LoRA")
+        if after[emb.name]["success_rate"] < before[emb.name]["success_rate"]:
+            # Cloning a slow, velocity-saturated demonstrator can do worse than the base (README, "Transfer").
+            print(
+                f"warning: the adapter reaches fewer targets than the base did zero-shot on the same goals "
+                f"({after[emb.name]['success_rate']:.0%} vs {before[emb.name]['success_rate']:.0%}); post-train it on "
+                f"the task with `embodyhub grpo --adapter {folder}`, or keep the base for this robot"
+            )
     return 0
 
 

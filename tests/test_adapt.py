@@ -76,6 +76,26 @@ def test_adapt_cli_trains_saves_and_reloads(recipe, tmp_path, capsys):
     assert not torch.equal(*q_proj)
 
 
+@pytest.mark.parametrize("after", [0.0, 1.0])
+def test_adapt_cli_warns_when_the_adapter_is_worse_than_zero_shot(base, recipe, tmp_path, capsys, monkeypatch, after):
+    import embodyhub.training as training
+
+    real, calls = training.evaluate_reach, []
+
+    def scored(*args, **kwargs):  # the real evaluation, with the success rate set: zero-shot 50%, then ``after``
+        results = real(*args, **kwargs)
+        for r in results.values():
+            r["success_rate"] = 0.5 if not calls else after
+        calls.append(1)
+        return results
+
+    monkeypatch.setattr(training, "evaluate_reach", scored)
+    assert main(["adapt", "--base", str(base), "--robot", "panda", "--recipe", str(recipe), "--out", str(tmp_path / "w")]) == 0
+    printed = capsys.readouterr().out
+    assert len(calls) == 2
+    assert ("warning: the adapter reaches fewer targets than the base did zero-shot" in printed) == (after < 0.5)
+
+
 def test_adapt_urdf_robot_needs_its_arms(base, recipe, tmp_path, capsys):
     urdf = robot_dir("ur5") / "robot.urdf"
     args = ["adapt", "--base", str(base), "--robot", str(urdf), "--recipe", str(recipe), "--out", str(tmp_path / "u")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -89,8 +90,9 @@ def test_quantize_model_skip_list_round_trip_and_outputs(precision, tmp_path):
     inputs = prefix(processor, processor.resolve("panda"))
     want = model(**inputs).logits
     report = quantize_model(model, QuantConfig(precision, group_size=16))
-    assert isinstance(model.action_head, nn.Linear) and isinstance(model.model.joint_proj, nn.Linear)
-    assert "action_head" in report["skipped"] and "model.layers.0.self_attn.q_proj" in report["quantized"]
+    assert isinstance(model.model.joint_proj, nn.Linear) and "model.joint_proj" in report["skipped"]
+    assert model.action_head.precision == "int8" and ("action_head" in report["int8"]) == (precision != "int8")
+    assert "model.layers.0.self_attn.q_proj" in report["quantized"]
     assert isinstance(model.model.layers[1].mlp.down_proj, QuantizedLinear)
     got = model(**inputs).logits
     rel = float((got - want).norm() / want.norm())
@@ -111,6 +113,11 @@ def test_skip_patterns_and_bad_configs():
     report = quantize_model(model, QuantConfig("int8", skip=["model.layers.*.mlp.*", "world_head"]))
     assert all(".mlp." not in name and not name.startswith("world_head") for name in report["quantized"])
     assert isinstance(model.action_head, QuantizedLinear)
+    model, _ = tiny()
+    report = quantize_model(model, QuantConfig("int4", skip=["world_head.2"], int8_layers=["world_head", "model.layers.0.*"]))
+    assert model.world_head[0].precision == "int8" and isinstance(model.world_head[2], nn.Linear)  # skip wins
+    assert model.model.layers[0].mlp.up_proj.precision == "int8" and model.model.layers[1].mlp.up_proj.precision == "int4"
+    assert "action_head" in report["quantized"] and "world_head.0" in report["int8"] and report["skipped"] == ["world_head.2"]
     with pytest.raises(EmbodyHubError, match="precision"):
         QuantConfig("int3")
     with pytest.raises(EmbodyHubError, match="group_size"):
@@ -125,15 +132,86 @@ def test_onnx_policy_matches_pytorch(precision, tmp_path):
     result = check_against_torch(path, model, processor, "panda", trials=3)
     assert result["max_abs_canonical"] <= 1e-4 and result["token_agreement"] == 1.0 and result["max_abs_native"] == 0.0
     proto = onnx.load(str(path))
-    dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
-    used = [name for name in report["quantized"] if not name.startswith("world_head")]  # imagine=False: unused
-    assert len(dq) == len(used)
-    types = {i.name: i.data_type for i in proto.graph.initializer}
-    assert all(types[n.input[0]] == onnx.TensorProto.UINT4 for n in dq)
-    assert not any(t == onnx.TensorProto.DOUBLE for t in types.values())
+    onnx.checker.check_model(proto)
+    (loop,) = [n for n in proto.graph.node if n.op_type == "Loop"]
+    int4 = [name for name in report["quantized"] if not name.startswith("world_head")]  # imagine=False: unused
+    want = Counter({onnx.TensorProto.UINT4: len(int4), onnx.TensorProto.INT8: len(report["int8"])})  # the action head: int8
+    for graph in (proto.graph, loop.attribute[0].g):  # the prefill and the Loop body each dequantize every used layer once
+        types = {i.name: i.data_type for i in graph.initializer}
+        assert Counter(types[n.input[0]] for n in graph.node if n.op_type == "DequantizeLinear") == +want
+        assert not any(t == onnx.TensorProto.DOUBLE for t in types.values())
     # the step-wise form: one KV-cached token per call, the cache growing through the chunk
     step = check_decode_step(export_decode_step(model, processor, "panda", tmp_path / "step.onnx"), model, processor, "panda")
     assert step["max_abs_logits"] <= 1e-4 * max(1.0, step["max_abs_logit_value"])
+
+
+@pytest.mark.parametrize("precision", ["float32", "int8"])
+def test_loop_policy_decodes_the_pytorch_tokens_for_each_robot(precision, tmp_path):
+    model, processor = tiny(seed=1)
+    processor.add_embodiment(load_robot("ur5"))
+    quantize_model(model, QuantConfig(precision, group_size=16))
+    for robot in ("panda", "ur5"):  # random in-limit states and goals, a batch of 2
+        path = export_policy(model, processor, robot, tmp_path / f"{robot}.onnx", batch_size=2)
+        result = check_against_torch(path, model, processor, robot, batch_size=2, trials=4)
+        assert result["token_agreement"] == 1.0 and result["max_abs_canonical"] <= 1e-4 and result["max_abs_native"] == 0.0
+
+
+def test_policy_graph_size_does_not_grow_with_action_tokens(tmp_path):
+    torch.manual_seed(0)
+    panda = load_robot("panda")
+    model = WamForActionPrediction(WamConfig(**{**TINY, "chunk_length": 4})).eval()
+    shapes = []
+    for chunk in (2, 4):
+        processor = WamProcessor(chunk_length=chunk)
+        processor.add_embodiment(panda)
+        proto = onnx.load(str(export_policy(model, processor, "panda", tmp_path / f"policy{chunk}.onnx")))
+        (loop,) = [n for n in proto.graph.node if n.op_type == "Loop"]
+        trips = next(i for i in proto.graph.initializer if i.name == loop.input[0])
+        assert int(onnx.numpy_helper.to_array(trips)) == processor.schedule(panda)[0].numel() - 1
+        shapes.append((len(proto.graph.node), len(loop.attribute[0].g.node)))
+    assert shapes[0] == shapes[1]  # twice the action tokens, the same graph (only the trip count and tables differ)
+
+
+def test_bundle_graphs_share_one_weights_file(tmp_path):
+    from embodyhub.export.onnx import ONNX_DATA_NAME, PolicyGraph, _graphs, ort_session
+    from embodyhub.export.runtime import OnnxPolicy
+    from embodyhub.export.thor import build_bundle, verify_bundle
+
+    model, processor = tiny()
+    processor.add_embodiment(load_robot("ur5"))
+    for emb in processor.embodiments.values():
+        emb.control_hz = 1.0  # a generous budget: no warning
+    folder = tmp_path / "bundle"
+    manifest = build_bundle(model, processor, folder, QuantConfig("int4", group_size=16), check_trials=2, latency_repeats=1)
+    graphs = sorted(folder.glob("*.onnx"))
+    assert [p.name for p in graphs] == ["decode_step.onnx", "policy_panda.onnx", "policy_ur5.onnx"]
+    assert [p.name for p in folder.glob("*.data")] == [ONNX_DATA_NAME] and ONNX_DATA_NAME in manifest["files"]
+    used: dict[str, set[tuple[int, int]]] = {}
+    for path in graphs:
+        proto = onnx.load(str(path), load_external_data=False)
+        used[path.name] = set()
+        for init in (i for g in _graphs(proto.graph) for i in g.initializer):
+            if init.data_location != onnx.TensorProto.EXTERNAL:
+                assert len(init.raw_data) < 128  # only small constants stay in the graph files
+                continue
+            info = {e.key: e.value for e in init.external_data}
+            assert info["location"] == ONNX_DATA_NAME
+            used[path.name].add((int(info["offset"]), int(info["length"])))
+    assert used["policy_panda.onnx"] & used["policy_ur5.onnx"] & used["decode_step.onnx"]  # the trunk's weights, shared
+    ranges = sorted(set().union(*used.values()))
+    data = (folder / ONNX_DATA_NAME).read_bytes()
+    chunks = [data[offset : offset + length] for offset, length in ranges]
+    assert sum(len(c) for c in chunks) == len(data) and len(set(chunks)) == len(chunks)  # each tensor stored once
+    for robot in ("panda", "ur5"):  # every graph loads from the bundle folder and decodes the PyTorch tokens
+        policy = OnnxPolicy(folder, robot)
+        q, goal = example_inputs(policy.embodiment, 1, seed=3)
+        with torch.no_grad():
+            assert torch.equal(policy.run_graph(q, goal)[0], PolicyGraph(model, processor, robot)(q, goal)[0])
+    assert [i.name for i in ort_session(folder / "decode_step.onnx").get_inputs()][:2] == ["token", "dim"]
+    verify_bundle(folder)
+    (folder / ONNX_DATA_NAME).write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(EmbodyHubError, match="manifest hash"):
+        verify_bundle(folder)
 
 
 def test_bundle_manifest_cli_runtime_and_bench(tmp_path, capsys):
@@ -155,7 +233,8 @@ def test_bundle_manifest_cli_runtime_and_bench(tmp_path, capsys):
     assert not entry["within_budget"] and "warning" in entry
     assert entry["onnx_check"]["passed"] and entry["io"]["inputs"][0] == {"name": "q", "dtype": "float32", "shape": [1, 8]}
     assert entry["trtexec"].startswith("trtexec --onnx=policy_panda.onnx")
-    assert {"model.quantized.safetensors", "policy_panda.onnx", "embodiments/panda/embodiment.json"} <= set(manifest["files"])
+    assert {"model.quantized.safetensors", "policy_panda.onnx", "weights.onnx.data", "embodiments/panda/embodiment.json"} <= set(manifest["files"])
+    assert manifest["quantization"]["int8_layers"] == [] and "action_head" in manifest["quantization"]["quantized_layers"]
     assert "trtexec" in (out / "README.md").read_text()
     step = manifest["decode_step"]
     assert step["max_abs_logits"] <= 1e-4 * max(1.0, step["max_abs_logit_value"]) and "decode_step.onnx" in manifest["files"]

@@ -233,6 +233,26 @@ def test_reach_reward_executes_the_chunk_in_the_env(setup):
     assert two["success"][0] == 0
 
 
+def test_reach_reward_rollout_scores_where_the_path_leads():
+    """With ``rollout_steps`` the trained policy finishes the episode after the sampled chunk: holding still
+    is then rescued by the policy, but reaching at once still scores higher (more steps left)."""
+    from embodyhub.pretrained import tiny_base
+
+    processor = AutoProcessor.from_pretrained(tiny_base())
+    model = AutoModel.from_pretrained(tiny_base()).eval()
+    panda = processor.embodiments["panda"]
+    prompt, to_goal, hold = _reach_case(processor, panda, 0.1)
+    with pytest.raises(ValueError, match="pass model"):
+        ReachReward(processor, rollout_steps=8)
+    q, goal = torch.tensor([prompt["q"]] * 2, dtype=torch.float64), torch.tensor([prompt["goal"]] * 2, dtype=torch.float64)
+    tokens = torch.tensor([hold, to_goal])
+    one = ReachReward(processor, speed_weight=1.0).score(panda, q, goal, tokens)
+    rolled = ReachReward(processor, speed_weight=1.0, rollout_steps=40, model=model).score(panda, q, goal, tokens)
+    assert one["success"].tolist() == [0.0, 1.0]
+    assert rolled["success"].tolist() == [1.0, 1.0]
+    assert rolled["reward"][1] > rolled["reward"][0] > one["reward"][0]
+
+
 def test_world_model_reward_scores_imagined_end_positions(setup):
     model, processor, panda, _ = setup
     prompt, to_goal, hold = _reach_case(processor, panda, 0.05)

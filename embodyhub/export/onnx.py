@@ -1,15 +1,18 @@
 """ONNX export of the predict-action path for one embodiment (and of the KV-cached decode step), checked
 against PyTorch with onnxruntime.
 
-The policy graph is the model's own code traced end to end: ``WamProcessor`` (limit normalization,
-FK to the canonical state, goal features, the embodiment's joint tokens as constants), KV-cached
-greedy decoding of the whole action-token schedule (``sample_action_tokens``, unrolled), and the
-bin decoding back to canonical actions (relative offsets added back). Inputs: native joint state
-``q [B, dof]`` and per-arm goal poses ``goal [B, arms, 4, 4]``; outputs: the action ``tokens [B, L]``
-and the canonical chunk ``canonical [B, H, D]``. The last step to native joint commands (IK for
-end-effector slots, limit and velocity clamping) is iterative and data-dependent, so it runs on the
-host through ``WamProcessor.decode_actions`` on the graph's tokens (``runtime.OnnxPolicy``).
-``DecodeStepGraph`` is one KV-cached token with a dynamic cache length, for runtimes that loop on the host.
+The policy graph is the model's own code traced in three parts and composed into one ONNX model:
+``LoopPrefillGraph`` (``WamProcessor``'s limit normalization, FK to the canonical state, goal features and
+the embodiment's joint tokens as constants; the prefix + BOS forward; the first greedy token), an ONNX
+``Loop`` whose body is ``LoopStepGraph`` (one KV-cached decode step + greedy pick on a fixed-size cache),
+and ``CanonicalGraph`` (bin decoding back to canonical actions, relative offsets added back). The graph's
+size does not grow with the number of action tokens. Inputs: native joint state ``q [B, dof]`` and per-arm
+goal poses ``goal [B, arms, 4, 4]``; outputs: the action ``tokens [B, L]`` and the canonical chunk
+``canonical [B, H, D]``. The last step to native joint commands (IK for end-effector slots, limit and
+velocity clamping) is iterative and data-dependent, so it runs on the host through
+``WamProcessor.decode_actions`` on the graph's tokens (``runtime.OnnxPolicy``). ``DecodeStepGraph`` is
+one KV-cached token with a dynamic cache length, for runtimes that loop on the host. ``share_weights``
+moves the initializers of a bundle's graphs into one external-data file, each tensor stored once.
 
 Quantized models export with their integer weights behind standard ``DequantizeLinear`` nodes (the
 weight-only pattern TensorRT fuses into its GEMMs; never folded back to float), float tensors stored at
@@ -19,12 +22,15 @@ no float64).
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache
 
@@ -35,10 +41,12 @@ from .quantize import QuantizedLinear, dequantize_once
 INPUT_NAMES = ["q", "goal"]
 OUTPUT_NAMES = ["tokens", "canonical"]
 OPSET = 18
+ONNX_DATA_NAME = "weights.onnx.data"  # the external-data file a bundle's graphs share
 
 
 class PolicyGraph(nn.Module):
-    """``(q, goal) -> (tokens, canonical)`` for one embodiment and batch size: what gets traced."""
+    """``(q, goal) -> (tokens, canonical)`` for one embodiment and batch size in PyTorch (``sample_action_tokens``):
+    the reference the exported Loop graph is checked against."""
 
     def __init__(self, model: WamForActionPrediction, processor: WamProcessor, embodiment: Embodiment | str) -> None:
         super().__init__()
@@ -77,15 +85,98 @@ class PrefillGraph(nn.Module):
         super().__init__()
         self.model, self.processor, self.embodiment = model, processor, processor.resolve(embodiment)
 
-    def forward(self, q: Tensor, goal: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def encode(self, q: Tensor, goal: Tensor) -> tuple[Any, Tensor]:
+        """The model output of the prefix + BOS forward (with its cache) and the canonical state."""
         batch = dict(self.processor({"state": q, "goal": goal}, self.embodiment))
         batch.pop("action_decoder")
         dims, steps = batch.pop("action_dims"), batch.pop("action_steps")
         bos = torch.full((q.shape[0], 1), self.model.config.bos_token_id, dtype=torch.long)
         with dequantize_once(self.model):
             out = self.model(bos, dims[:, :1], steps[:, :1], use_cache=True, **batch)
-        keys, values = (torch.stack([getattr(layer, kind) for layer in out.cache.layers]) for kind in ("keys", "values"))
-        return out.logits[:, -1], keys, values, out.attention_mask
+        return out, batch["state"]
+
+    def forward(self, q: Tensor, goal: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        out, _ = self.encode(q, goal)
+        return (out.logits[:, -1], *_stacked(out.cache), out.attention_mask)
+
+
+class LoopPrefillGraph(PrefillGraph):
+    """``(q, goal) -> (first_token, prefill_keys, prefill_values, prefill_mask, state)``: the Loop policy's head.
+    The KV cache is zero-padded to ``slots`` positions (prefix + BOS + every fed-back token) and
+    ``prefill_mask [B, slots]`` marks the valid prefix keys; ``state`` feeds the bin decoding at the end."""
+
+    def __init__(self, model: WamForActionPrediction, processor: WamProcessor, embodiment: Embodiment | str, slots: int) -> None:
+        super().__init__(model, processor, embodiment)
+        self.slots = slots
+
+    def forward(self, q: Tensor, goal: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        out, state = self.encode(q, goal)
+        mask = out.attention_mask
+        pad = self.slots - mask.shape[1]
+        keys, values = (F.pad(t, (0, 0, 0, pad)) for t in _stacked(out.cache))
+        mask = torch.cat([mask, mask.new_zeros(mask.shape[0], pad)], 1)
+        return _greedy(out.logits[:, -1], self.model.config.action_bins), keys, values, mask, state
+
+
+class LoopStepGraph(nn.Module):
+    """The Loop body: ``(i, token, prefill_mask, keys, values) -> (next_token, keys, values)`` decodes token
+    ``i + 1`` of the schedule from token ``i`` on the fixed-size cache. The (dimension, step) it predicts are
+    gathered from the schedule's tables by the iteration counter; the new key/value go into slot
+    ``first_slot + i``; attention reads the prefix keys ``prefill_mask`` marks and the slots decoded so far
+    (later slots are unmarked, so the mask is also causal). Fixed shapes keep the loop-carried values
+    TensorRT-friendly (``ILoop`` recurrences cannot change shape)."""
+
+    def __init__(self, model: WamForActionPrediction, dims: Tensor, steps: Tensor, first_slot: int) -> None:
+        super().__init__()
+        self.model, self.first_slot = model, first_slot
+        self.register_buffer("dims", dims[1:].clone(), persistent=False)
+        self.register_buffer("steps", steps[1:].clone(), persistent=False)
+
+    def forward(self, i: Tensor, token: Tensor, prefill_mask: Tensor, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        trunk, B = self.model.model, token.shape[0]
+        index = i.reshape(1)
+        dim, step = (torch.index_select(t, 0, index).expand(B, 1) for t in (self.dims, self.steps))
+        position = index + self.first_slot
+        slots = torch.arange(keys.shape[3])
+        mask = prefill_mask | ((slots >= self.first_slot) & (slots <= position))[None]
+        hidden = trunk.embed_actions(token, dim, step)
+        position_embeddings = trunk.rotary_emb(hidden, position.expand(B, 1))
+        cache = _SlotCache(keys, values, slots == position)
+        with dequantize_once(self.model):
+            for layer in trunk.layers:
+                hidden = layer(hidden, position_embeddings, mask[:, None, None, :], cache)
+            logits = self.model.action_head(trunk.norm(hidden))[:, -1]
+        return _greedy(logits, self.model.config.action_bins), torch.stack(cache.keys), torch.stack(cache.values)
+
+
+class _SlotCache:
+    """A fixed-size KV cache for the Loop body: ``update`` (the ``Cache`` method ``WamAttention`` calls) writes
+    a layer's new key/value into the slot that ``slot [T]`` marks and returns the layer's whole buffers."""
+
+    def __init__(self, keys: Tensor, values: Tensor, slot: Tensor) -> None:
+        self.keys, self.values, self.slot = list(keys.unbind(0)), list(values.unbind(0)), slot[:, None]
+
+    def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int) -> tuple[Tensor, Tensor]:
+        self.keys[layer_idx] = torch.where(self.slot, key_states, self.keys[layer_idx])
+        self.values[layer_idx] = torch.where(self.slot, value_states, self.values[layer_idx])
+        return self.keys[layer_idx], self.values[layer_idx]
+
+
+class CanonicalGraph(PolicyGraph):
+    """``(tokens, state) -> canonical``: ``PolicyGraph.canonical``, the Loop policy's tail."""
+
+    def forward(self, tokens: Tensor, state: Tensor) -> Tensor:  # type: ignore[override]
+        return self.canonical(tokens, state)
+
+
+def _greedy(logits: Tensor, bins: int) -> Tensor:
+    """The greedy token ``[B, 1]`` among the action bins (never BOS), as ``sample_action_tokens`` picks it."""
+    return logits[:, :bins].argmax(-1, keepdim=True)
+
+
+def _stacked(cache: Any) -> tuple[Tensor, Tensor]:
+    """A cache's keys and values stacked over layers: ``[layers, B, heads, T, head_dim]`` each."""
+    return tuple(torch.stack([getattr(layer, kind) for layer in cache.layers]) for kind in ("keys", "values"))  # type: ignore[return-value]
 
 
 class DecodeStepGraph(nn.Module):
@@ -102,31 +193,42 @@ class DecodeStepGraph(nn.Module):
             cache.update(past_keys[i], past_values[i], i)
         with dequantize_once(self.model):
             out = self.model(token, dim, step, cache=cache, use_cache=True, attention_mask=attention_mask)
-        keys, values = (torch.stack([getattr(layer, kind) for layer in cache.layers]) for kind in ("keys", "values"))
-        return out.logits[:, -1], keys, values
+        return (out.logits[:, -1], *_stacked(cache))
 
 
 STEP_INPUTS = ["token", "dim", "step", "attention_mask", "past_keys", "past_values"]
 STEP_OUTPUTS = ["logits", "present_keys", "present_values"]
+LOOP_HEAD_OUTPUTS = ["first_token", "prefill_keys", "prefill_values", "prefill_mask", "state"]
+LOOP_BODY_INPUTS = ["loop_i", "loop_token", "prefill_mask", "loop_keys", "loop_values"]  # prefill_mask: outer scope
+LOOP_BODY_OUTPUTS = ["next_token", "next_keys", "next_values"]
 
 
-def _trace_to_onnx(module: nn.Module, args: tuple[Tensor, ...], path: Path, quantized: bool, fp16_initializers: bool, **kwargs: Any) -> Path:
-    """Legacy (tracing) export, then the rewrites: standard DequantizeLinear, float32 arithmetic, float16
-    initializers, compact graph."""
+def _trace(module: nn.Module, args: tuple[Tensor, ...], quantized: bool, fp16_initializers: bool, prefix: str = "", **kwargs: Any) -> Any:
+    """Legacy (tracing) export to an in-memory ``ModelProto``, then the rewrites: standard DequantizeLinear,
+    float32 arithmetic, float16 initializers, compact graph (intermediate names start with ``prefix``)."""
     import onnx
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the tracer warns about every shape-specialized Python branch
         torch.onnx.export(
-            module, args, str(path), dynamo=False, opset_version=OPSET, custom_opsets={"embodyhub": 1} if quantized else None, **kwargs
+            module, args, buffer, dynamo=False, opset_version=OPSET, custom_opsets={"embodyhub": 1} if quantized else None, **kwargs
         )
-    proto = onnx.load(str(path))
+    proto = onnx.load_from_string(buffer.getvalue())
     _standard_dequantize(proto)
     _float32_graph(proto)
     if fp16_initializers:
         _fp16_initializers(proto)
-    _compact_graph(proto)
+    _compact_graph(proto, prefix)
+    return proto
+
+
+def _save(proto: Any, path: str | os.PathLike) -> Path:
+    """Write ``proto`` to ``path`` (creating its folder)."""
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path))
     return path
 
@@ -145,11 +247,11 @@ def export_decode_step(
     mask = torch.cat([mask, mask.new_ones(batch_size, 1)], 1)
     args = (token, dims[None, 1:2].expand(batch_size, 1), steps[None, 1:2].expand(batch_size, 1), mask, keys, values)
     dynamic = {"attention_mask": {1: "total"}, "past_keys": {3: "past"}, "past_values": {3: "past"}, "present_keys": {3: "total"}, "present_values": {3: "total"}}
-    quantized = any(isinstance(m, QuantizedLinear) for m in model.modules())
-    return _trace_to_onnx(
-        DecodeStepGraph(model), args, Path(path), quantized, fp16_initializers,
+    proto = _trace(
+        DecodeStepGraph(model), args, _is_quantized(model), fp16_initializers,
         input_names=STEP_INPUTS, output_names=STEP_OUTPUTS, dynamic_axes=dynamic,
     )
+    return _save(proto, path)
 
 
 def check_decode_step(
@@ -195,14 +297,157 @@ def export_policy(
     batch_size: int = 1,
     fp16_initializers: bool = True,
 ) -> Path:
-    """Trace the predict-action path to ``path`` (static shapes: one robot, one batch size).
+    """Export the predict-action path to ``path`` (static shapes: one robot, one batch size) as prefill, an
+    ONNX ``Loop`` over the remaining action tokens and bin decoding (see the module docstring).
 
     ``fp16_initializers`` stores float initializers whose values are exactly float16 as float16 plus a Cast
     (the quantized model's float tensors are rounded to float16, so its file shrinks by half there)."""
-    graph = PolicyGraph(model.eval(), processor, embodiment).eval()
-    q, goal = example_inputs(graph.embodiment, batch_size)
-    quantized = any(isinstance(m, QuantizedLinear) for m in model.modules())
-    return _trace_to_onnx(graph, (q, goal), Path(path), quantized, fp16_initializers, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES)
+    model = model.eval()
+    emb = processor.resolve(embodiment)
+    q, goal = example_inputs(emb, batch_size)
+    dims, steps = processor.schedule(emb)
+    with torch.no_grad():
+        first_slot = PrefillGraph(model, processor, emb)(q, goal)[3].shape[1]  # prefix + BOS
+        head = LoopPrefillGraph(model, processor, emb, first_slot + dims.numel() - 1)
+        token, keys, values, mask, state = head(q, goal)
+    tokens = torch.zeros(batch_size, dims.numel(), dtype=torch.long)  # the bin decoding traces the same for any tokens
+    quantized = _is_quantized(model)
+    parts = (
+        _trace(head, (q, goal), quantized, fp16_initializers, "h", input_names=INPUT_NAMES, output_names=LOOP_HEAD_OUTPUTS),
+        _trace(
+            LoopStepGraph(model, dims, steps, first_slot), (torch.tensor(0), token, mask, keys, values), quantized, fp16_initializers,
+            "s", input_names=LOOP_BODY_INPUTS, output_names=LOOP_BODY_OUTPUTS,
+        ),
+        _trace(CanonicalGraph(model, processor, emb), (tokens, state), False, fp16_initializers, "t", input_names=["tokens", "state"], output_names=OUTPUT_NAMES[1:]),
+    )
+    return _save(_loop_policy(*parts, trips=dims.numel() - 1), path)
+
+
+def _loop_policy(head: Any, body: Any, tail: Any, trips: int) -> Any:
+    """Compose the three traced parts into ``(q, goal) -> (tokens, canonical)``: the prefill, an ONNX ``Loop``
+    of ``trips`` decode steps (token and fixed-size KV cache loop-carried, each step's token a scan output,
+    the prefill's key mask read from the outer scope), the tokens concatenated, then the bin decoding.
+
+    The body keeps its own initializers, so each ``DequantizeLinear`` sits next to its MatMul in one graph
+    (the weight-only GEMM pattern; onnxruntime's fusion into ``MatMulNBits`` also fails on outer-scope
+    weights). A weight the prefill uses too is then written twice in this file; ``share_weights`` stores
+    the bytes once. Initializers are pooled per graph: one per distinct tensor."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    initializers = _pool_initializers([head.graph, tail.graph])
+    step = body.graph
+    carried = [v for v in step.input if v.name not in LOOP_HEAD_OUTPUTS]  # loop_i, token, keys, values
+    token_shape = [d.dim_value for d in step.output[0].type.tensor_type.shape.dim]
+    body_graph = helper.make_graph(
+        [
+            *step.node,
+            helper.make_node("Identity", ["loop_cond"], ["loop_cond_out"]),
+            helper.make_node("Identity", [LOOP_BODY_OUTPUTS[0]], ["loop_scan_token"]),
+        ],
+        "decode_step",
+        [carried[0], helper.make_tensor_value_info("loop_cond", TensorProto.BOOL, []), *carried[1:]],
+        [
+            helper.make_tensor_value_info("loop_cond_out", TensorProto.BOOL, []),
+            *step.output,
+            helper.make_tensor_value_info("loop_scan_token", TensorProto.INT64, token_shape),
+        ],
+        _pool_initializers([step]),
+    )
+    initializers += [
+        numpy_helper.from_array(np.array(trips, np.int64), "loop_trips"),
+        numpy_helper.from_array(np.array([2], np.int64), "loop_scan_axis"),
+    ]
+    nodes = [
+        *head.graph.node,
+        helper.make_node(
+            "Loop", ["loop_trips", "", *LOOP_HEAD_OUTPUTS[:3]],
+            ["last_token", "last_keys", "last_values", "scanned_tokens"], body=body_graph,
+        ),
+        helper.make_node("Squeeze", ["scanned_tokens", "loop_scan_axis"], ["scanned_tokens_2d"]),  # [trips, B]
+        helper.make_node("Transpose", ["scanned_tokens_2d"], ["later_tokens"], perm=[1, 0]),
+        helper.make_node("Concat", [LOOP_HEAD_OUTPUTS[0], "later_tokens"], [OUTPUT_NAMES[0]], axis=1),
+        *tail.graph.node,
+    ]
+    outputs = [tail.graph.input[0], *tail.graph.output]  # tokens [B, L], canonical [B, H, D]
+    graph = helper.make_graph(nodes, "policy", list(head.graph.input), outputs, initializers)
+    opsets: dict[str, int] = {}
+    for part in (head, body, tail):
+        for o in part.opset_import:
+            opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()], producer_name="embodyhub")
+    proto.ir_version = max(p.ir_version for p in (head, body, tail))
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def _pool_initializers(graphs: list[Any]) -> list[Any]:
+    """The initializers of ``graphs``, one per distinct tensor (equal dtype, shape and bytes) under the first
+    name it had (``_compact_graph``'s prefixes keep the parts' names apart); the graphs' nodes are rewired to
+    them and the graphs' own initializer lists emptied."""
+    pooled: dict[bytes, Any] = {}
+    for graph in graphs:
+        rename = {}
+        for init in graph.initializer:
+            key = _tensor_key(init)
+            if key not in pooled:
+                pooled[key] = type(init)()
+                pooled[key].CopyFrom(init)
+            rename[init.name] = pooled[key].name
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                node.input[i] = rename.get(name, name)
+        del graph.initializer[:]
+    return list(pooled.values())
+
+
+def _tensor_key(tensor: Any) -> bytes:
+    """A tensor's content (dtype, shape, values) without its name."""
+    anonymous = type(tensor)()
+    anonymous.CopyFrom(tensor)
+    anonymous.name = ""
+    return hashlib.sha256(anonymous.SerializeToString()).digest()
+
+
+def share_weights(paths: list[Path], data_name: str = ONNX_DATA_NAME, min_bytes: int = 128) -> Path:
+    """Move every initializer of at least ``min_bytes`` of the ONNX files ``paths`` (one folder) into the
+    external-data file ``data_name`` next to them, each distinct tensor once: every robot's policy graph and
+    the decode step then read the same weights. onnxruntime and TensorRT resolve the file relative to each
+    graph's folder; returns its path."""
+    import onnx
+    from onnx.external_data_helper import set_external_data
+
+    data = Path(paths[0]).parent / data_name
+    stored: dict[bytes, tuple[int, int]] = {}
+    with open(data, "wb") as fh:
+        for path in paths:
+            proto = onnx.load(str(path))
+            for init in (i for g in _graphs(proto.graph) for i in g.initializer):
+                raw = init.raw_data
+                if len(raw) < min_bytes:
+                    continue
+                key = hashlib.sha256(raw).digest()
+                if key not in stored:
+                    stored[key] = (fh.tell(), len(raw))
+                    fh.write(raw)
+                set_external_data(init, data_name, *stored[key])
+                init.data_location = onnx.TensorProto.EXTERNAL
+                init.ClearField("raw_data")
+            onnx.save(proto, str(path))
+    return data
+
+
+def _graphs(graph: Any) -> list[Any]:
+    """``graph`` and its subgraphs (Loop bodies), recursively."""
+    from onnx import AttributeProto
+
+    subgraphs = [a.g for n in graph.node for a in n.attribute if a.type == AttributeProto.GRAPH]
+    return [graph, *(g for sub in subgraphs for g in _graphs(sub))]
+
+
+def _is_quantized(model: nn.Module) -> bool:
+    return any(isinstance(m, QuantizedLinear) for m in model.modules())
 
 
 def _standard_dequantize(proto: Any) -> int:
@@ -336,16 +581,20 @@ def _float32_graph(proto: Any) -> int:
     return count
 
 
-def _compact_graph(proto: Any) -> None:
-    """Shrink the unrolled graph's structure: Constant nodes become shared initializers (one per distinct
-    value), Identity nodes are bypassed, intermediate values get short ids and nodes lose their names.
-    Tens of thousands of nodes with scope-path names would otherwise outweigh a small model's weights."""
+def _compact_graph(proto: Any, prefix: str = "") -> None:
+    """Shrink the traced graph's structure: Constant nodes become shared initializers (one per distinct
+    value), Identity nodes are bypassed, initializers and intermediate values get short ids starting with
+    ``prefix`` (unique across the composed parts) and nodes lose their names: scope-path names, written at
+    every use, would otherwise rival a small model's weights."""
     from onnx import numpy_helper
 
     graph = proto.graph
+    alias: dict[str, str] = {}
+    for init in graph.initializer:
+        alias[init.name] = f"{prefix}w{len(alias)}"
+        init.name = alias[init.name]
     outputs = {v.name for v in graph.output}
     keep = {v.name for v in graph.input} | outputs | {i.name for i in graph.initializer}
-    alias: dict[str, str] = {}
     shared: dict[tuple[Any, ...], str] = {}
     nodes = []
     for node in graph.node:
@@ -356,7 +605,7 @@ def _compact_graph(proto: Any) -> None:
             arr = numpy_helper.to_array(node.attribute[0].t)
             key = (node.attribute[0].t.data_type, arr.shape, arr.tobytes())
             if key not in shared:
-                shared[key] = f"c{len(shared)}"
+                shared[key] = f"{prefix}w{len(graph.initializer)}"
                 graph.initializer.append(numpy_helper.from_array(arr, shared[key]))
             alias[out] = shared[key]
             continue
@@ -367,13 +616,13 @@ def _compact_graph(proto: Any) -> None:
     renamed: dict[str, str] = {}
     keep |= set(shared.values())
     for node in nodes:
-        node.name = ""
-        node.doc_string = ""
+        node.ClearField("name")
+        node.ClearField("doc_string")
         for i, name in enumerate(node.input):
             node.input[i] = renamed.get(name, name)
         for i, name in enumerate(node.output):
             if name and name not in keep:
-                renamed[name] = node.output[i] = f"v{len(renamed)}"
+                renamed[name] = node.output[i] = f"{prefix}v{len(renamed)}"
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.value_info[:]

@@ -3,10 +3,12 @@
 At batch 1 a decode step reads every weight once per token, so its time is about weight bytes /
 memory bandwidth: shrinking the weights is what buys speed on a Jetson. Every ``nn.Linear`` is
 replaced by a ``QuantizedLinear`` except the ones a skip-list names (by default the embodiment
-input projections and the action head, which set the bins the robot executes). Tensors that stay
-float (embeddings, norms, skipped layers) are rounded to ``keep_float`` (float16 by default) so
-the stored bundle is small and what the bundle computes is exactly what the quantized model
-computes. The result saves to and loads from one safetensors file.
+input projections, whose callers read their float weights). Linears an int8 list names (by default
+the action head, whose logits pick the bins the robot executes) are int8 per output channel whatever
+the precision: near-lossless at a quarter of float32. Tensors that stay float (embeddings, norms,
+skipped layers) are rounded to ``keep_float`` (float16 by default) so the stored bundle is small and
+what the bundle computes is exactly what the quantized model computes. The result saves to and loads
+from one safetensors file.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from . import kernels
 
 PRECISIONS = ("int8", "int4", "fp8")
 BUNDLE_PRECISIONS = ("float32", *PRECISIONS)  # float32: the unquantized reference bundle
-DEFAULT_SKIP = ["action_head", "model.joint_proj", "model.state_proj", "model.goal_proj", "model.patch_proj"]
+DEFAULT_SKIP = ["model.joint_proj", "model.state_proj", "model.goal_proj", "model.patch_proj"]
+DEFAULT_INT8 = ["action_head"]
 FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 WEIGHTS_NAME = "model.quantized.safetensors"
 QUANT_CONFIG_NAME = "quantization.json"
@@ -42,13 +45,16 @@ def fp8_supported() -> bool:
 
 @dataclass
 class QuantConfig:
-    """What to quantize and how. ``skip`` holds module names or glob patterns (a name also skips its children);
-    ``precision="float32"`` quantizes nothing (the reference a quantized bundle is compared with)."""
+    """What to quantize and how. ``skip`` holds module names or glob patterns (a name also skips its children)
+    of Linears kept float; ``int8_layers`` (same syntax; ``skip`` wins) those stored int8 per output channel
+    instead of at ``precision``; ``precision="float32"`` quantizes nothing (the reference a quantized
+    bundle is compared with)."""
 
     precision: str = "int8"
     group_size: int = 64
     skip: list[str] = field(default_factory=lambda: list(DEFAULT_SKIP))
     keep_float: str = "float16"
+    int8_layers: list[str] = field(default_factory=lambda: list(DEFAULT_INT8))
 
     def __post_init__(self) -> None:
         if self.precision not in BUNDLE_PRECISIONS:
@@ -61,7 +67,13 @@ class QuantConfig:
             raise EmbodyHubError(f"keep_float must be one of {sorted(FLOAT_DTYPES)}, got {self.keep_float!r}")
 
     def skips(self, name: str) -> bool:
-        return any(name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p) for p in self.skip)
+        return _matches(name, self.skip)
+
+    def layer_precision(self, name: str) -> str | None:
+        """The precision Linear ``name`` is stored at; None: kept float."""
+        if self.precision == "float32" or self.skips(name):
+            return None
+        return "int8" if _matches(name, self.int8_layers) else self.precision
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -200,26 +212,28 @@ def dequantize_once(model: nn.Module) -> Iterator[None]:
 
 
 def quantize_model(model: nn.Module, config: QuantConfig) -> dict[str, list[str]]:
-    """Replace the model's Linears in place (skip-list aside) and round the remaining float parameters
-    to ``config.keep_float``. Returns ``{"quantized": [...], "skipped": [...]}`` module names."""
-    quantized, skipped = [], []
+    """Replace the model's Linears in place (``config.layer_precision``) and round the remaining float
+    parameters to ``config.keep_float``. Returns ``{"quantized": [...], "int8": [...], "skipped": [...]}``
+    module names (at ``config.precision``, on the int8 list, kept float)."""
+    report: dict[str, list[str]] = {"quantized": [], "int8": [], "skipped": []}
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear) or config.precision == "float32":
             continue
-        if config.skips(name):
-            skipped.append(name)
+        precision = config.layer_precision(name)
+        if precision is None:
+            report["skipped"].append(name)
             continue
+        report["quantized" if precision == config.precision else "int8"].append(name)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, QuantizedLinear.from_linear(module, config.precision, config.group_size))
-        quantized.append(name)
+        setattr(parent, child, QuantizedLinear.from_linear(module, precision, config.group_size))
     keep = FLOAT_DTYPES[config.keep_float]
     with torch.no_grad():
         for name, t in model.state_dict().items():
             if _stored_as_keep(name, t):
                 t.copy_(t.to(keep).to(t.dtype))
     model.quant_config = config
-    return {"quantized": quantized, "skipped": skipped}
+    return report
 
 
 def save_quantized(model: nn.Module, save_directory: str | os.PathLike, processor: Any | None = None) -> Path:
@@ -257,6 +271,11 @@ def load_quantized(directory: str | os.PathLike) -> nn.Module:
     own = model.state_dict()
     model.load_state_dict({k: v.to(own[k].dtype) if k in own else v for k, v in load_file(str(folder / WEIGHTS_NAME)).items()}, strict=True)
     return model.eval()
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    """Module ``name`` is one of ``patterns`` (names or glob patterns), or a child of one."""
+    return any(name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def _stored_as_keep(name: str, t: Tensor) -> bool:

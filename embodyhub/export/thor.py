@@ -1,11 +1,12 @@
 """The Jetson Thor bundle: quantized weights, one ONNX policy graph per robot, embodiment cards, manifest.
 
 ``build_bundle`` loads a saved WAM (optionally merging a LoRA adapter), quantizes it, writes
-``model.quantized.safetensors`` + processor (with the embodiment cards and URDFs), exports and checks
-``policy_<robot>.onnx`` against PyTorch with onnxruntime, measures the latency per chunk and writes
-``manifest.json``: sha256 and size of every file, precision, input/output spec, the check results, the
-measured latency next to the control budget ``chunk_length / control_hz`` (with a warning when the
-budget is missed) and the ``trtexec`` command that builds the TensorRT engine on the Thor.
+``model.quantized.safetensors`` + processor (with the embodiment cards and URDFs), exports
+``policy_<robot>.onnx`` (and ``decode_step.onnx``) with their weights in one shared external-data file
+``weights.onnx.data``, checks each graph against PyTorch with onnxruntime, measures the latency per chunk
+and writes ``manifest.json``: sha256 and size of every file, precision, input/output spec, the check
+results, the measured latency next to the control budget ``chunk_length / control_hz`` (with a warning
+when the budget is missed) and the ``trtexec`` command that builds the TensorRT engine on the Thor.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ..recipes import Recipe
 from ..models.wam import WamForActionPrediction, WamProcessor
 from .onnx import (
     INPUT_NAMES,
+    ONNX_DATA_NAME,
     OUTPUT_NAMES,
     check_against_torch,
     check_decode_step,
@@ -37,12 +39,13 @@ from .onnx import (
     export_decode_step,
     export_policy,
     ort_session,
+    share_weights,
 )
-from .quantize import DEFAULT_SKIP, QuantConfig, quantize_model, save_quantized
+from .quantize import DEFAULT_INT8, DEFAULT_SKIP, QuantConfig, quantize_model, save_quantized
 
 MANIFEST_NAME = "manifest.json"
 DECODE_STEP_NAME = "decode_step.onnx"
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2  # 2: the ONNX graphs share one external-data file
 ONNX_TOLERANCE = 1e-4  # max abs canonical-action difference accepted between onnxruntime and PyTorch
 
 
@@ -51,19 +54,21 @@ class ExportRecipe(Recipe):
     """What ``embodyhub export`` reads from ``recipes/export_thor.yaml``."""
 
     precision: str = "int8"
-    group_size: int = 32
+    group_size: int = 128
     skip: list[str] = field(default_factory=lambda: list(DEFAULT_SKIP))
     keep_float: str = "float16"
+    int8_layers: list[str] = field(default_factory=lambda: list(DEFAULT_INT8))
     batch_size: int = 1
     check_trials: int = 5
     latency_repeats: int = 10
 
     def quant_config(self) -> QuantConfig:
-        return QuantConfig(precision=self.precision, group_size=self.group_size, skip=list(self.skip), keep_float=self.keep_float)
+        return QuantConfig(self.precision, self.group_size, list(self.skip), self.keep_float, list(self.int8_layers))
 
 
 def trtexec_command(onnx_name: str, precision: str) -> str:
-    """The ``trtexec`` line the bundle is meant for (run on the Thor, TensorRT 10+, JetPack 7).
+    """The ``trtexec`` line the bundle is meant for (run on the Thor, TensorRT 10+, JetPack 7; the graph's
+    external data is read from its folder).
 
     The quantized weights are stored as integer initializers with explicit dequantize arithmetic, so
     ``--stronglyTyped`` keeps TensorRT from re-choosing precisions; fp16 activations via ``--fp16`` where
@@ -144,7 +149,8 @@ def build_bundle(
     export_step: bool = True,
 ) -> dict[str, Any]:
     """Quantize ``model`` in place and write the bundle folder ``out``; returns the manifest. ``export_step``
-    adds ``decode_step.onnx`` (one KV-cached token, dynamic cache length) for runtimes that loop on the host."""
+    adds ``decode_step.onnx`` (one KV-cached token, dynamic cache length) for runtimes that loop on the host.
+    The graphs are checked and timed as shipped: after their weights moved to the shared data file."""
     robots = robots or list(processor.embodiment_names)
     if not robots:
         raise EmbodyHubError("the processor has no embodiment cards; pass robots the bundle is for")
@@ -156,10 +162,12 @@ def build_bundle(
     report = quantize_model(model, config)
     model.eval()
     save_quantized(model, folder, processor)
+    policies = {name: export_policy(model, processor, name, folder / f"policy_{name}.onnx", batch_size) for name in robots}
+    step_path = export_decode_step(model, processor, robots[0], folder / DECODE_STEP_NAME, batch_size) if export_step else None
+    share_weights([*policies.values(), *([step_path] if step_path else [])])
     entries = []
-    for name in robots:
+    for name, onnx_path in policies.items():
         emb = processor.embodiments[name]
-        onnx_path = export_policy(model, processor, emb, folder / f"policy_{name}.onnx", batch_size)
         check = check_against_torch(onnx_path, model, processor, emb, batch_size, check_trials)
         session = ort_session(onnx_path)
         q, goal = example_inputs(emb, batch_size)
@@ -204,8 +212,7 @@ def build_bundle(
             raise EmbodyHubError(f"{name}: ONNX differs from PyTorch by {check['max_abs_canonical']:.2e} (> {ONNX_TOLERANCE})")
         entries.append(entry)
     decode_step = None
-    if export_step:
-        step_path = export_decode_step(model, processor, robots[0], folder / DECODE_STEP_NAME, batch_size)
+    if step_path is not None:
         step_check = check_decode_step(step_path, model, processor, robots[0])
         tolerance = ONNX_TOLERANCE * max(1.0, step_check["max_abs_logit_value"])  # float32 rounding is relative
         if step_check["max_abs_logits"] > tolerance:
@@ -222,13 +229,16 @@ def build_bundle(
         "format": BUNDLE_FORMAT,
         "target": "jetson-thor",
         "precision": config.precision,
-        "quantization": {**config.to_dict(), "quantized_layers": report["quantized"], "float_layers": report["skipped"]},
+        "quantization": {
+            **config.to_dict(), "quantized_layers": report["quantized"], "int8_layers": report["int8"], "float_layers": report["skipped"],
+        },
         "model_type": model.config.model_type,
         "source": source or {},
         "inputs_note": "q: native joint positions (URDF order, rad or m); goal: per-arm target poses in each arm's base frame",
         "outputs_note": "tokens: action tokens (decode to native joints with WamProcessor.decode_actions); canonical: [B, H, D] canonical actions",
         "embodiments": entries,
         "decode_step": decode_step,
+        "onnx_data": ONNX_DATA_NAME,
         "files": {str(p.relative_to(folder)): {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files},
         "bytes_total": sum(p.stat().st_size for p in files),
         "measured_on": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(), "torch": torch.__version__},
@@ -251,6 +261,7 @@ def _readme(config: QuantConfig, entries: list[dict[str, Any]]) -> str:
         f"Outputs: `{OUTPUT_NAMES[0]}` action tokens, `{OUTPUT_NAMES[1]}` canonical actions `[B, H, D]`.",
         "Native joint commands: `embodyhub.export.runtime.OnnxPolicy(bundle_dir, robot)(q, goal)`",
         "(IK and limit clamping through the bundled processor). `manifest.json` lists hashes, specs and latency.",
+        f"The graphs read their weights from `{ONNX_DATA_NAME}` (ONNX external data): keep it next to them.",
         "",
     ]
     return "\n".join(lines)

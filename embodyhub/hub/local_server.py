@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".engine", ".plan", ".npz", ".npy", ".png", ".gz", ".zip")
+LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".data", ".engine", ".plan", ".npz", ".npy", ".png", ".gz", ".zip")
 LFS_MIN_SIZE = 10 * 1024 * 1024  # larger regular files go through LFS too, like on the Hub
 GITATTRIBUTES = "".join(f"*{s} filter=lfs diff=lfs merge=lfs -text\n" for s in LFS_SUFFIXES).encode()
 _TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}

@@ -569,7 +569,7 @@ def run_grpo(
         base if recipe.rollout_prompts else None, processor, recipe.eval_max_steps,
     )
     by_name = {e.name: e for e in embodiments}
-    rewards: list[Any] = [ReachReward(processor, by_name, **recipe.reward)]
+    rewards: list[Any] = [ReachReward(processor, by_name, model=model, **recipe.reward)]  # model: for rollout_steps
     if recipe.world_model_weight:
         rewards.append(WorldModelReward(base, processor, by_name))
     config = grpo_config(recipe, out / "trainer", disable_tqdm=not progress, **config_overrides)

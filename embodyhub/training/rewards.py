@@ -20,6 +20,7 @@ from ..envs import ReachEnv
 from ..envs.reach import goal_poses
 from ..kinematics.chain import finite_range
 from ..models.wam import WamForActionPrediction, WamProcessor
+from .evaluate import wam_policy
 
 
 def group_by_robot(prompts: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
@@ -40,10 +41,16 @@ def observation_tensors(prompts: Sequence[dict[str, Any]], rows: list[int]) -> t
 class ReachReward:
     """Execute each decoded chunk in ``ReachEnv`` from the prompt's state toward its goal (or waypoints).
 
-    reward = ``success_bonus`` * reached - ``distance_weight`` * position error (m)
-    - ``rotation_weight`` * rotation error (rad) - ``limit_weight`` * joint-limit proximity
-    - ``jerk_weight`` * jerk, where the errors are taken when the episode first reports success (else
-    after the whole chunk) and, for waypoints, ``reached`` is the fraction of waypoints passed.
+    reward = ``success_bonus`` * reached + ``speed_weight`` * (share of the steps left when it succeeded)
+    - ``distance_weight`` * position error (m) - ``rotation_weight`` * rotation error (rad)
+    - ``limit_weight`` * joint-limit proximity - ``jerk_weight`` * jerk of the sampled chunk, where the
+    errors are taken when the episode first reports success (else at the end) and, for waypoints,
+    ``reached`` is the fraction of waypoints passed.
+
+    ``rollout_steps > 0`` (needs ``model``) scores where a path leads rather than one chunk's progress:
+    after the sampled chunk, ``model`` (the policy being trained, greedy, like the evaluation) goes on
+    from the state it left for up to ``rollout_steps`` more steps. A chunk that gains a centimetre now
+    but leaves the arm where the policy then stalls scores low; one chunk's distance alone cannot tell.
     The components are logged through TRL's ``log_metric`` when the trainer provides it.
     """
 
@@ -59,12 +66,18 @@ class ReachReward:
         jerk_weight: float = 0.0,
         pos_tol: float = 0.02,
         rot_tol: float = 0.1,
+        speed_weight: float = 0.0,
+        rollout_steps: int = 0,
+        model: WamForActionPrediction | None = None,
     ) -> None:
+        if rollout_steps and model is None:
+            raise ValueError("rollout_steps > 0 continues each path with the policy: pass model")
         self.processor = processor
         self.embodiments = dict(embodiments or {})
         self.success_bonus, self.distance_weight, self.rotation_weight = success_bonus, distance_weight, rotation_weight
         self.limit_weight, self.limit_margin, self.jerk_weight = limit_weight, limit_margin, jerk_weight
         self.pos_tol, self.rot_tol = pos_tol, rot_tol
+        self.speed_weight, self.rollout_steps, self.model = speed_weight, rollout_steps, model
 
     def robot(self, name: str) -> Embodiment:
         return self.embodiments[name] if name in self.embodiments else self.processor.resolve(name)
@@ -74,16 +87,26 @@ class ReachReward:
         chunk = self.processor.decode_actions(tokens, emb, q)  # [n, H, dof], clamped like the policy's commands
         n, H = chunk.shape[:2]
         targets = goal_poses(waypoints if waypoints is not None else goal[:, None])  # [n, K, arms, 4, 4]
-        env = ReachEnv(emb, batch_size=n, pos_tol=self.pos_tol, rot_tol=self.rot_tol, max_steps=H)
-        env.reset_to(q, targets)
+        env = ReachEnv(emb, batch_size=n, pos_tol=self.pos_tol, rot_tol=self.rot_tol, max_steps=H + self.rollout_steps)
+        obs = env.reset_to(q, targets)
         pos = torch.zeros(n, dtype=torch.float64)
         rot = torch.zeros_like(pos)
         finished = torch.zeros(n, dtype=torch.bool)
-        for h in range(H):
-            _, _, done, info = env.step(chunk[:, h])
-            new = done & ~finished
-            pos[new], rot[new] = info["pos_err"][new].mean(-1), info["rot_err"][new].mean(-1)
-            finished |= done
+        steps_left = torch.zeros_like(pos)
+        policy = wam_policy(self.model, self.processor, emb) if self.rollout_steps else None
+        commands = chunk
+        while not finished.all():
+            for h in range(commands.shape[1]):
+                obs, _, done, info = env.step(commands[:, h])
+                new = done & ~finished
+                pos[new], rot[new] = info["pos_err"][new].mean(-1), info["rot_err"][new].mean(-1)
+                steps_left[new & info["success"]] = 1 - info["steps"][new & info["success"]].double() / env.max_steps
+                finished |= done
+                if finished.all():
+                    break
+            if policy is not None and not finished.all():
+                with torch.no_grad():
+                    commands = policy(obs)
         reached = env.waypoint_index.double() / targets.shape[1]
         lo, hi = finite_range(emb.lower, emb.upper)
         unit = 2 * (chunk - lo) / (hi - lo) - 1  # [-1, 1] inside the limits
@@ -92,6 +115,7 @@ class ReachReward:
         jerk = path.diff(n=3, dim=1).pow(2).sum(-1).mean(-1) if H >= 3 else torch.zeros(n, dtype=torch.float64)
         reward = (
             self.success_bonus * reached
+            + self.speed_weight * steps_left
             - self.distance_weight * pos
             - self.rotation_weight * rot
             - self.limit_weight * limit
