@@ -18,7 +18,7 @@ then both are scored by closed-loop reach success on held-out task goals drawn w
 times GRPO steps at 8 observations with ``num_generations`` 8 and 1, alternating rounds of steps
 in one process so that machine load hits both alike.
 
-    python benchmarks/grpo.py [--robot kinova_jaco2] [--budget 240] [--demos 10] [--goal-distance 0.6]
+    python benchmarks/grpo.py [--robot kinova_jaco2] [--budget 240] [--demos 20] [--goal-distance 0.6]
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(tiny_base()), help="base model folder (default: the shipped tiny base)")
     p.add_argument("--robot", default="kinova_jaco2", help="a robot the base was not pretrained on")
-    p.add_argument("--demos", type=int, default=10, help="demonstrations the user has")
+    p.add_argument("--demos", type=int, default=20, help="demonstrations the user has")
     p.add_argument("--goal-distance", type=float, default=0.6, help="the task: demonstrations, GRPO prompts and evaluation")
     p.add_argument("--demo-goal-distance", type=float, help="goals of the demonstrations (default: the task's)")
     p.add_argument("--start-steps", type=int, default=100, help="behaviour-cloning steps of the starting adapter")

@@ -114,6 +114,19 @@ def test_demos_of_another_robot_are_refused(base, tmp_path):
         adapt(model, WamProcessor.from_pretrained(base), load_robot("ur5"), load_dataset(tmp_path / "d" / "panda"), AdaptRecipe(**RECIPE))
 
 
+def test_full_finetuning_uses_its_own_learning_rate(base, tmp_path, monkeypatch):
+    import embodyhub.training.lora as lora
+
+    generate(["panda"], tmp_path / "d", episodes_per_robot=2, tasks=["reach"], steps_per_episode=8, progress=False)
+    rates = []
+    monkeypatch.setattr(lora, "train", lambda *args, **kwargs: rates.append(args[5]) or [{"seconds": 0.0}])
+    recipe = AdaptRecipe(**RECIPE, learning_rate=1e-3, full_learning_rate=1e-4)
+    for full in (False, True):
+        adapt(WamForActionPrediction.from_pretrained(base), WamProcessor.from_pretrained(base), load_robot("panda"),
+              load_dataset(tmp_path / "d" / "panda"), recipe, full_finetune=full, progress=False)
+    assert rates == [1e-3, 1e-4]
+
+
 def test_transfer_benchmark_rows(base, tmp_path):
     rows, results = transfer_benchmark(base, load_robot("ur5"), AdaptRecipe(**RECIPE), tmp_path / "data", (2, 3), progress=False)
     assert [(r["method"], r["demos"]) for r in rows] == [

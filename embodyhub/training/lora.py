@@ -81,6 +81,7 @@ class AdaptRecipe(Recipe):
     train_steps: int = 400
     batch_size: int = 64
     learning_rate: float = 2e-3
+    full_learning_rate: float = 3e-4  # full fine-tuning (the baseline): every weight moves, so a smaller step
     weight_decay: float = 0.0
     warmup_steps: int = 20
     eval_episodes: int = 50
@@ -109,15 +110,16 @@ def adapt(
 ) -> tuple[WamForActionPrediction | PeftModel, list[dict[str, float]]]:
     """Train a LoRA adapter for ``embodiment`` on the first ``recipe.episodes`` demos of ``dataset``.
 
-    ``full_finetune=True`` trains every weight of ``model`` instead: the baseline LoRA is measured
-    against. The processor learns the robot's card so the result is saved with it.
+    ``full_finetune=True`` trains every weight of ``model`` instead, at ``recipe.full_learning_rate``: the
+    baseline LoRA is measured against. The processor learns the robot's card so the result is saved with it.
     """
     check_dataset(dataset, embodiment)
     processor.add_embodiment(embodiment)
     if not full_finetune:
         model = attach_adapter(model, embodiment, lora_config(**recipe.lora))
     log = train(
-        model, processor, {embodiment.name: dataset}, recipe.train_steps, recipe.batch_size, recipe.learning_rate,
+        model, processor, {embodiment.name: dataset}, recipe.train_steps, recipe.batch_size,
+        recipe.full_learning_rate if full_finetune else recipe.learning_rate,
         recipe.weight_decay, recipe.warmup_steps, recipe.seed, progress, episodes=min(recipe.episodes, dataset.num_episodes),
     )
     return model, log
