@@ -1,8 +1,9 @@
 """Transfer to a bundled arm held out from pretraining: zero-shot vs LoRA vs full fine-tuning.
 
 Peer: full fine-tuning of every weight on the same demonstrations, with the same steps at the
-recipe's ``full_learning_rate`` (10x below LoRA's: every weight moves); the table reports LoRA's success as a share of it, plus trainable share, size on
-disk and training time. Same as ``embodyhub eval --transfer``.
+recipe's ``full_learning_rate`` (10x below LoRA's: every weight moves); the table reports LoRA's
+success as a share of it, plus trainable share, size on disk and training time. Same as
+``embodyhub eval --transfer``.
 
     python benchmarks/transfer.py [--model DIR] [--robot kinova_jaco2] [--goal-distance 0.6] [--demos 10 50 200]
 

@@ -211,30 +211,12 @@ class ReachEnv:
             raise ValueError(f"episodes must be >= 1, got {episodes}")
         success, pos_err, rot_err, steps, trajectories, waypoints = [], [], [], [], [], []
         for b in range(math.ceil(episodes / self.batch_size)):
-            obs = self.reset(seed if b == 0 else None)
-            path = [obs["ee"][..., :3, 3]]
-            finished = torch.zeros(self.batch_size, dtype=torch.bool)
-            final_pos = torch.zeros(self.batch_size, self.n_arms, dtype=torch.float64)
-            final_rot = torch.zeros_like(final_pos)
-            final_success = torch.zeros(self.batch_size, dtype=torch.bool)
-            final_steps = torch.zeros(self.batch_size, dtype=torch.long)
-            chunk, used = torch.empty(self.batch_size, 0, self.embodiment.dof), 0
-            while not finished.all():
-                if used >= chunk.shape[1]:
-                    chunk, used = self._as_chunk(policy(obs)), 0
-                obs, _, done, info = self.step(chunk[:, used])
-                used += 1
-                path.append(obs["ee"][..., :3, 3])
-                new = done & ~finished
-                final_pos[new], final_rot[new] = info["pos_err"][new], info["rot_err"][new]
-                final_success[new], final_steps[new] = info["success"][new], info["steps"][new]
-                finished |= done
-            path_t = torch.stack(path, 1)
-            trajectories += [path_t[i, : int(final_steps[i]) + 1] for i in range(self.batch_size)]
-            success.append(final_success)
-            pos_err.append(final_pos)
-            rot_err.append(final_rot)
-            steps.append(final_steps)
+            out = self.run(policy, self.reset(seed if b == 0 else None))
+            trajectories += [out["path"][i, : int(out["steps"][i]) + 1] for i in range(self.batch_size)]
+            success.append(out["success"])
+            pos_err.append(out["pos_err"])
+            rot_err.append(out["rot_err"])
+            steps.append(out["steps"])
             waypoints.append(self.waypoints[..., :3, 3])
         success_t = torch.cat(success)[:episodes]
         pos_t, rot_t = torch.cat(pos_err)[:episodes], torch.cat(rot_err)[:episodes]
@@ -252,6 +234,30 @@ class ReachEnv:
             "ee_trajectories": trajectories[:episodes],
             "waypoints": torch.cat(waypoints)[:episodes],
         }
+
+    def run(self, policy: Policy, obs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Run the batch's episodes from ``obs`` (what ``reset``/``reset_to`` returned) until each reports
+        done, calling ``policy(obs)`` whenever its last chunk is used up. Per episode, taken when it first
+        reports done: ``success [B]``, ``pos_err``/``rot_err [B, n_arms]``, ``steps [B]``; and ``path
+        [B, steps + 1, n_arms, 3]``, every step's end-effector positions."""
+        path = [obs["ee"][..., :3, 3]]
+        finished = torch.zeros(self.batch_size, dtype=torch.bool)
+        pos = torch.zeros(self.batch_size, self.n_arms, dtype=torch.float64)
+        rot = torch.zeros_like(pos)
+        success = torch.zeros(self.batch_size, dtype=torch.bool)
+        steps = torch.zeros(self.batch_size, dtype=torch.long)
+        chunk, used = torch.empty(self.batch_size, 0, self.embodiment.dof), 0
+        while not finished.all():
+            if used >= chunk.shape[1]:
+                chunk, used = self._as_chunk(policy(obs)), 0
+            obs, _, done, info = self.step(chunk[:, used])
+            used += 1
+            path.append(obs["ee"][..., :3, 3])
+            new = done & ~finished
+            pos[new], rot[new] = info["pos_err"][new], info["rot_err"][new]
+            success[new], steps[new] = info["success"][new], info["steps"][new]
+            finished |= done
+        return {"success": success, "pos_err": pos, "rot_err": rot, "steps": steps, "path": torch.stack(path, 1)}
 
     def _as_chunk(self, action: Tensor) -> Tensor:
         action = torch.as_tensor(action)

@@ -63,7 +63,10 @@ class ExportRecipe(Recipe):
     latency_repeats: int = 10
 
     def quant_config(self) -> QuantConfig:
-        return QuantConfig(self.precision, self.group_size, list(self.skip), self.keep_float, list(self.int8_layers))
+        return QuantConfig(
+            precision=self.precision, group_size=self.group_size, skip=list(self.skip), keep_float=self.keep_float,
+            int8_layers=list(self.int8_layers),
+        )
 
 
 def trtexec_command(onnx_name: str, precision: str) -> str:

@@ -88,25 +88,16 @@ class ReachReward:
         n, H = chunk.shape[:2]
         targets = goal_poses(waypoints if waypoints is not None else goal[:, None])  # [n, K, arms, 4, 4]
         env = ReachEnv(emb, batch_size=n, pos_tol=self.pos_tol, rot_tol=self.rot_tol, max_steps=H + self.rollout_steps)
-        obs = env.reset_to(q, targets)
-        pos = torch.zeros(n, dtype=torch.float64)
-        rot = torch.zeros_like(pos)
-        finished = torch.zeros(n, dtype=torch.bool)
-        steps_left = torch.zeros_like(pos)
-        policy = wam_policy(self.model, self.processor, emb) if self.rollout_steps else None
-        commands = chunk
-        while not finished.all():
-            for h in range(commands.shape[1]):
-                obs, _, done, info = env.step(commands[:, h])
-                new = done & ~finished
-                pos[new], rot[new] = info["pos_err"][new].mean(-1), info["rot_err"][new].mean(-1)
-                steps_left[new & info["success"]] = 1 - info["steps"][new & info["success"]].double() / env.max_steps
-                finished |= done
-                if finished.all():
-                    break
-            if policy is not None and not finished.all():
-                with torch.no_grad():
-                    commands = policy(obs)
+        follow = wam_policy(self.model, self.processor, emb) if self.rollout_steps else None
+        pending = [chunk]  # the sampled chunk first, then (with rollout_steps) the policy's own chunks
+
+        def policy(obs: dict[str, Tensor]) -> Tensor:
+            return pending.pop() if pending else follow(obs)
+
+        with torch.no_grad():
+            out = env.run(policy, env.reset_to(q, targets))
+        pos, rot = out["pos_err"].mean(-1), out["rot_err"].mean(-1)
+        steps_left = torch.where(out["success"], 1 - out["steps"].double() / env.max_steps, 0.0)
         reached = env.waypoint_index.double() / targets.shape[1]
         lo, hi = finite_range(emb.lower, emb.upper)
         unit = 2 * (chunk - lo) / (hi - lo) - 1  # [-1, 1] inside the limits
