@@ -7,9 +7,12 @@ action error vs float32 in normalized units (fraction of each canonical dimensio
 agreement, closed-loop reach success of the quantized model (``evaluate_reach``), and latency per
 chunk (token decoding) of eager float32, the quantized torch-reference path and onnxruntime.
 
-With CUDA it adds: batch-1 GEMV on the largest Linear of the tiny WAM and of a 100M+-parameter WAM
-config, bf16 torch vs the fused Triton int8/int4 kernels, next to the bandwidth floor (weight bytes /
-measured device copy bandwidth); and the 100M config's chunk decode (bf16 vs int8 vs int4) vs its floor.
+With CUDA it adds: batch-1 GEMV on the Linear shapes of the tiny WAM and of two 100M+-parameter WAM
+configs (BIG: 8 layers of 1024; WIDE: 2 layers of 2048), bf16 torch vs the fused Triton int8/int4
+kernels (GPU time per call inside a CUDA graph, L2 flushed), next to the bandwidth floor (weight bytes /
+measured device copy bandwidth); and each config's chunk decode at bf16 / int8 / int4 through
+``GraphedDecoder`` (fused layers, one CUDA graph replay per token) vs its floor, with eager decoding for
+comparison.
 
     python benchmarks/export.py [--model DIR] [--robot panda] [--episodes 50] [--sizes] [--out /tmp/eh_export_bench]
 
@@ -19,6 +22,7 @@ measured device copy bandwidth); and the 100M config's chunk decode (bf16 vs int
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -43,6 +47,7 @@ from embodyhub.training import evaluate_reach
 
 PRECISIONS = ["float32", "int8", "int4", "fp8"]
 BIG = dict(hidden_size=1024, num_hidden_layers=8, num_attention_heads=16, intermediate_size=4096)  # ~134M params (GPU tables)
+WIDE = dict(hidden_size=2048, num_hidden_layers=2, num_attention_heads=16, intermediate_size=8192)  # ~134M params, 4x fewer layers
 MID = dict(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, intermediate_size=2048)  # ~17M params (file sizes)
 
 
@@ -181,67 +186,151 @@ def mid_sizes(args: argparse.Namespace) -> None:
 
 
 def copy_bandwidth() -> float:
-    """Device-to-device copy bandwidth in bytes/s (read + write of a 1 GiB buffer)."""
+    """Device-to-device copy bandwidth in bytes/s (read + write of a 1 GiB buffer, CUDA events)."""
     src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    ms = median_ms(lambda: (dst.copy_(src), torch.cuda.synchronize()), 10)
-    return 2 * src.numel() / (ms / 1e3)
+    ms = gpu_ms(lambda: dst.copy_(src))
+    return 2 * (1 << 30) / (ms / 1e3)
+
+
+def gpu_ms(fn: Callable[[], object]) -> float:
+    """Median GPU time of ``fn`` in ms (CUDA events; the L2 cache is flushed before each call, so weights
+    stream from device memory as in a decode step rather than from a warm 50+ MB cache)."""
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+
+def decoder_bytes(model) -> int:
+    """Bytes a decode step reads: the decoder layers, the final norm and the action head (stored form; each
+    storage once, as the fused layers' stacked projections and their row slices share one)."""
+    parts = [model.model.layers, model.model.norm, model.action_head]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for part in parts for t in part.state_dict().values()}
+    return sum(storages.values())
+
+
+def wam(config: dict, precision: str, device: str = "cuda") -> tuple[torch.nn.Module, int]:
+    """A random-weight WAM (chunk_length 8) at ``precision`` and its parameter count: bf16 weights, or
+    int8/int4 (group 128) with bf16 activations and float tensors, every decoder layer fused; on ``device``."""
+    from embodyhub.models.wam import WamConfig, WamForActionPrediction
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = WamForActionPrediction(WamConfig(chunk_length=8, **config)).eval()
+    params = sum(p.numel() for p in model.parameters())
+    if precision != "bf16":
+        quantize_model(model, QuantConfig(precision, group_size=128, keep_float="bfloat16"))
+    return fuse_decoder(model.to(torch.bfloat16)), params  # codes stay integer; scales, norms and activations bf16
+
+
+def streamed_us(calls: list[Callable[[], object]]) -> float:
+    """GPU time per call, in us, of ``calls`` (each reading its own copy of the weights) captured in one CUDA
+    graph and replayed with the L2 cache flushed: like the projections of a decode step, no launch overhead
+    and every weight streamed from device memory."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # compile and warm up outside the capture
+        for call in calls[:2]:
+            call()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    return 1e3 * gpu_ms(graph.replay) / len(calls)
+
+
+def gemv_table(bandwidth: float) -> None:
+    from embodyhub.export.quantize import QuantizedLinear
+    from embodyhub.pretrained import tiny_base
+
+    tiny = json.loads((Path(tiny_base()) / "config.json").read_text())
+    shapes = {"tiny base": tiny, "134M (BIG)": BIG, "134M (WIDE)": WIDE}
+    print(f"\nbatch-1 GEMV, GPU time per call (copies of the layer in one CUDA graph, L2 flushed), floor = bytes read / {bandwidth / 1e9:.0f} GB/s")
+    print(f"{'config':<12} {'N x K':<12} {'bf16 us':>8} {'int8 us':>8} {'int4 us':>8} {'bf16 floor':>10} {'int4 floor':>10} {'bf16/int8':>9} {'bf16/int4':>9} {'int8 err':>8} {'int4 err':>8}")
+    for label, cfg in shapes.items():
+        for N, K in sorted({(cfg["intermediate_size"], cfg["hidden_size"]), (cfg["hidden_size"], cfg["intermediate_size"])}):
+            linear = torch.nn.Linear(K, N, bias=False, device="cuda")
+            x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
+            w16 = linear.weight.detach().to(torch.bfloat16)
+            copies = min(512, max(8, (256 << 20) // w16.nbytes))  # together well past the L2 cache
+            weights = [w16.clone() for _ in range(copies)]
+            us = {"bf16": streamed_us([lambda w=w: torch.nn.functional.linear(x, w) for w in weights])}
+            floor, error = {"bf16": w16.nbytes}, {}
+            want = torch.nn.functional.linear(x, w16).float()
+            for precision in ("int8", "int4"):
+                layer = QuantizedLinear.from_linear(linear, precision, 128).to(torch.bfloat16)
+                error[precision] = float((layer(x).float() - want).abs().max() / want.abs().max())
+                layers = [copy.deepcopy(layer) for _ in range(copies)]
+                us[precision] = streamed_us([lambda m=m: m(x) for m in layers])
+                floor[precision] = sum(t.nbytes for t in layer.state_dict().values())
+            print(f"{label:<12} {f'{N} x {K}':<12} {us['bf16']:>8.2f} {us['int8']:>8.2f} {us['int4']:>8.2f} {1e6 * floor['bf16'] / bandwidth:>10.2f} "
+                  f"{1e6 * floor['int4'] / bandwidth:>10.2f} {us['bf16'] / us['int8']:>9.2f} {us['bf16'] / us['int4']:>9.2f} "
+                  f"{error['int8']:>8.4f} {error['int4']:>8.4f}")
+    print("err: max |quantized - bf16| / max |bf16| over the output (weight quantization error, not a kernel error)")
+
+
+def chunk_table(bandwidth: float, robot: str) -> None:
+    from embodyhub.models.wam import WamProcessor
+
+    processor = WamProcessor(chunk_length=8)
+    processor.add_embodiment(load_robot(robot))
+    emb = processor.resolve(robot)
+    q, goal = example_inputs(emb, 1)
+    length = processor.schedule(emb)[0].numel()
+    print(f"\nchunk decode, {robot} (chunk_length 8: {length} action tokens), batch 1, random weights; floor = {length} x bytes a step reads / bandwidth")
+    print(f"{'config':<6} {'precision':<9} {'params M':>8} {'step MB':>7} {'eager ms':>8} {'chunk ms':>8} {'decode ms':>9} {'step us':>7} {'floor us':>8} "
+          f"{'step/floor':>10} {'decode/floor':>12} {'graph=eager':>11} {'vs bf16':>7}")
+    for label, cfg in (("BIG", BIG), ("WIDE", WIDE)):
+        reference = None
+        for precision in ("bf16", "int8", "int4"):
+            try:
+                tokens, row = chunk_row(cfg, precision, processor, emb, q, goal, bandwidth)
+            except Exception as error:  # noqa: BLE001  (one failing row must not hide the others)
+                print(f"{label:<6} {precision:<9} failed: {error!r}")
+                continue
+            reference = tokens if reference is None else reference
+            print(f"{label:<6} {precision:<9} {row} {float((tokens == reference).float().mean()):>7.0%}")
+    print("eager: GraphedDecoder without the CUDA graph (kernels launched one by one); chunk: GraphedDecoder end to end, wall "
+          "clock (host processor, prefill, one CUDA graph replay per further token); decode: GPU time of the prefill forward + "
+          "the replayed steps (the floor counts every token reading every weight once); step: GPU time per replayed step; "
+          "graph=eager: same tokens both ways; vs bf16: token agreement with the bf16 model")
 
 
 @torch.no_grad()
-def chunk_ms(model, dims: torch.Tensor, steps: torch.Tensor, inputs: dict) -> float:
-    """Median ms to decode one chunk's tokens on the GPU (synchronized)."""
+def chunk_row(cfg: dict, precision: str, processor, emb, q: torch.Tensor, goal: torch.Tensor, bandwidth: float) -> tuple[torch.Tensor, str]:
+    """One row of the chunk table: the graphed tokens and the formatted measurements."""
+    from embodyhub.export.runtime import GraphedDecoder
 
-    def run() -> None:
-        model.sample_action_tokens(dims, steps, **inputs)
+    model, params = wam(cfg, precision)
+    step_bytes = decoder_bytes(model)
+    decoder, eager = GraphedDecoder(model, processor, emb), GraphedDecoder(model, processor, emb, graph=False)
+    tokens = decoder(q, goal)
+    agree = "same" if torch.equal(tokens, eager(q, goal)) else "DIFFER"
+    length = tokens.shape[1]
+
+    def chunk(run) -> None:
+        run(q, goal)
         torch.cuda.synchronize()
 
-    return median_ms(run, 5)
+    chunk_ms, eager_ms = median_ms(lambda: chunk(decoder), 10), median_ms(lambda: chunk(eager), 1, warmup=1)
+    head = decoder.head(q, goal)
+    steps_ms = gpu_ms(lambda: decoder.decode(*head[:4]))
+    batch = {k: v.cuda() for k, v in processor({"state": q, "goal": goal}, emb).items() if isinstance(v, torch.Tensor)}
+    dims, steps = batch.pop("action_dims"), batch.pop("action_steps")
+    bos = torch.full((1, 1), model.config.bos_token_id, device="cuda")
+    prefill_ms = gpu_ms(lambda: model(bos, dims[:, :1], steps[:, :1], use_cache=True, **batch))
+    step_us, floor_us = 1e3 * steps_ms / (length - 1), 1e6 * step_bytes / bandwidth
+    decode_ms = prefill_ms + steps_ms
+    return tokens, (f"{params / 1e6:>8.1f} {step_bytes / 1e6:>7.1f} {eager_ms:>8.1f} {chunk_ms:>8.2f} {decode_ms:>9.2f} {step_us:>7.1f} {floor_us:>8.1f} "
+                    f"{step_us / floor_us:>10.2f} {decode_ms * 1e3 / (length * floor_us):>12.2f} {agree:>11}")
 
 
 def gpu_tables(args: argparse.Namespace) -> None:
-    from embodyhub.export.quantize import QuantizedLinear
-    from embodyhub.models.wam import WamConfig, WamForActionPrediction, WamProcessor
-
     bandwidth = copy_bandwidth()
-    print(f"\nGPU {torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e9:.0f} GB/s")
-    print(f"{'shape (N x K)':<16} {'bf16 us':>8} {'int8 us':>8} {'int4 us':>8} {'int4 floor us':>13} {'bf16/int4':>9}")
-    for N, K in [(256, 128), (BIG["intermediate_size"], BIG["hidden_size"]), (BIG["hidden_size"], BIG["intermediate_size"])]:
-        linear = torch.nn.Linear(K, N, bias=False).cuda()
-        x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
-        w16 = linear.weight.to(torch.bfloat16)
-        times = {"bf16": median_ms(lambda: (torch.nn.functional.linear(x, w16), torch.cuda.synchronize()), 50) * 1e3}
-        for precision in ("int8", "int4"):
-            layer = QuantizedLinear.from_linear(linear, precision, 128)
-            times[precision] = median_ms(lambda: (layer(x), torch.cuda.synchronize()), 50) * 1e3
-            if precision == "int4":
-                int4_bytes = sum(t.numel() * t.element_size() for t in layer.state_dict().values())
-        print(f"{N:>6} x {K:<7} {times['bf16']:>8.1f} {times['int8']:>8.1f} {times['int4']:>8.1f} "
-              f"{1e6 * int4_bytes / bandwidth:>13.1f} {times['bf16'] / times['int4']:>9.2f}")
-
-    processor = WamProcessor(chunk_length=8)
-    emb = load_robot(args.robot)
-    q, goal = example_inputs(emb, 1)
-    inputs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in processor({"state": q, "goal": goal}, emb).items()}
-    dims, steps = inputs.pop("action_dims"), inputs.pop("action_steps")
-    inputs.pop("action_decoder")
-    print(f"\n100M+ WAM config {BIG}, chunk of {dims.shape[1]} tokens ({args.robot}, chunk_length 8), batch 1")
-    print(f"{'precision':<9} {'params M':>8} {'weight MB':>9} {'chunk ms':>9} {'floor ms':>9} {'x floor':>8}")
-    for precision in ("bf16", "int8", "int4"):
-        model = WamForActionPrediction(WamConfig(chunk_length=8, **BIG)).eval()
-        params = sum(p.numel() for p in model.parameters())
-        if precision == "bf16":
-            model = model.to(torch.bfloat16)
-        else:
-            quantize_model(model, QuantConfig(precision, group_size=128, keep_float="bfloat16"))
-            model = fuse_decoder(model).to(torch.bfloat16)  # activations and float tensors in bf16; codes stay integer
-        model = model.cuda()
-        weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-        ms = chunk_ms(model, dims, steps, inputs)
-        floor_ms = 1e3 * dims.shape[1] * weight_bytes / bandwidth  # every token reads every weight once
-        print(f"{precision:<9} {params / 1e6:>8.1f} {weight_bytes / 1e6:>9.1f} {ms:>9.2f} {floor_ms:>9.3f} {ms / floor_ms:>8.1f}")
-        del model
-        torch.cuda.empty_cache()
+    print(f"\nGPU {torch.cuda.get_device_name()}, torch {torch.__version__}: copy bandwidth {bandwidth / 1e9:.0f} GB/s (read + write)")
+    gemv_table(bandwidth)
+    chunk_table(bandwidth, args.robot)
 
 
 def main() -> None:

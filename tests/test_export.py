@@ -297,3 +297,61 @@ def test_fused_decoder_layers_decode_like_the_model():
     got = model.sample_action_tokens(dims, steps, imagine=True, **inputs)
     assert torch.equal(got["tokens"], want["tokens"])
     torch.testing.assert_close(got["world"], want["world"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision,fused", [("float32", False), ("int4", True)])
+def test_graphed_decoder_decodes_the_model_tokens(precision, fused):
+    from embodyhub.export.fused import fuse_decoder
+    from embodyhub.export.runtime import GraphedDecoder
+
+    model, processor = tiny(seed=2)
+    processor.add_embodiment(load_robot("ur5"))
+    quantize_model(model, QuantConfig(precision, group_size=16))
+    if fused:
+        fuse_decoder(model)
+    for robot, batch in (("panda", 1), ("ur5", 3), ("panda", 2)):  # new shapes reallocate the static buffers
+        emb = processor.resolve(robot)
+        decoder = GraphedDecoder(model, processor, emb)
+        for seed in (0, 1):
+            q, goal = example_inputs(emb, batch, seed)
+            inputs = dict(processor({"state": q, "goal": goal}, emb))
+            inputs.pop("action_decoder")
+            with torch.no_grad():
+                want = model.sample_action_tokens(inputs.pop("action_dims"), inputs.pop("action_steps"), **inputs)["tokens"]
+            assert torch.equal(decoder(q, goal), want)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_graphed_decoder_replays_the_eager_steps_on_cuda():
+    from embodyhub.export.fused import fuse_decoder
+    from embodyhub.export.runtime import GraphedDecoder
+
+    model, processor = tiny(seed=3)
+    quantize_model(model, QuantConfig("int4", group_size=16))
+    model = fuse_decoder(model).cuda()
+    emb = processor.resolve("panda")
+    graphed, eager = GraphedDecoder(model, processor, emb), GraphedDecoder(model, processor, emb, graph=False)
+    for seed in range(3):
+        q, goal = example_inputs(emb, 2, seed)
+        assert torch.equal(graphed(q, goal), eager(q, goal))
+    assert graphed._graph is not None
+
+
+@pytest.mark.parametrize("precision", ["float32", "int4"])
+def test_row_stack_computes_the_layers_at_once_without_a_second_copy(precision):
+    from embodyhub.export.fused import RowStack
+
+    torch.manual_seed(0)
+    layers = nn.ModuleList([nn.Linear(24, n, bias=False) for n in (8, 8, 16)])
+    if precision != "float32":
+        quantize_model(layers, QuantConfig(precision, group_size=8))
+    x = torch.randn(3, 24)
+    want = torch.cat([m(x) for m in layers], -1)
+    stack = RowStack(list(layers))
+    assert stack.stacked is not None and stack.parts is None
+    torch.testing.assert_close(stack(x), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.cat([m(x) for m in layers], -1), want, rtol=0, atol=0)  # the originals still compute
+    stored = {t.untyped_storage().data_ptr() for t in layers.state_dict().values()} | {t.untyped_storage().data_ptr() for t in stack.state_dict().values()}
+    assert len(stored) == (1 if precision == "float32" else 3)  # one storage per stacked tensor (qweight, scale, zero)
+    mixed = RowStack([nn.Linear(24, 4), nn.Linear(24, 4, bias=False)])  # different kinds run one by one
+    assert mixed.stacked is None and mixed(x).shape == (3, 8)

@@ -74,8 +74,8 @@ def test_int8_linear_matches_reference(m, k, n, bias):
 
 
 @in_process
-@pytest.mark.parametrize("m,k,n", SHAPES)
-@pytest.mark.parametrize("group_size", [8, 32, 13])
+@pytest.mark.parametrize("m,k,n", SHAPES + [(1, 256, 40), (2, 512, 9)])  # the last two: K in whole groups per half
+@pytest.mark.parametrize("group_size", [8, 32, 13, 64])
 def test_int4_linear_matches_reference(m, k, n, group_size):
     g = _gen(m * 7 + k * 3 + n + group_size)
     w = torch.randn(n, k, generator=g)
@@ -100,6 +100,52 @@ def test_add_rmsnorm_matches_reference(rows, d, dtype):
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(h.cpu(), want_h, rtol=tol if dtype == torch.bfloat16 else 0, atol=0)
     torch.testing.assert_close(out.cpu(), want_out, rtol=tol, atol=tol)
+
+
+@in_process
+@pytest.mark.parametrize("rows,d", [(1, 33), (4, 256)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmsnorm_and_silu_mul_match_reference(rows, d, dtype):
+    g = _gen(rows * 17 + d)
+    x = torch.randn(rows, d, generator=g).to(dtype)
+    w = torch.rand(d, generator=g).to(dtype) + 0.5
+    tol = 1e-5 if dtype == torch.float32 else 2e-2  # bfloat16: one rounding step
+    torch.testing.assert_close(tk.rmsnorm(x.to(DEVICE), w.to(DEVICE), 1e-6).cpu(), reference.rmsnorm(x, w, 1e-6), rtol=tol, atol=tol)
+    gate_up = torch.randn(rows, 3, 2 * d, generator=g).to(dtype) * 3
+    torch.testing.assert_close(tk.silu_mul(gate_up.to(DEVICE)).cpu(), reference.silu_mul(gate_up), rtol=tol, atol=tol)
+    # the reference is the model's own arithmetic
+    from embodyhub.models.wam.modeling_wam import WamRMSNorm
+
+    norm = WamRMSNorm(d, 1e-6).to(dtype)
+    norm.weight.data.copy_(w)
+    torch.testing.assert_close(reference.rmsnorm(x, w, 1e-6), norm(x), rtol=0, atol=0)
+
+
+@in_process
+@pytest.mark.parametrize("b,h,t,d", [(1, 2, 5, 16), (2, 3, 9, 24), (1, 4, 3, 10)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_cache_matches_reference(b, h, t, d, dtype):
+    from embodyhub.models.wam.modeling_wam import apply_rotary_pos_emb
+
+    g = _gen(b * 10 + h + t + d)
+    qkv = torch.randn(b, 1, 3 * h * d, generator=g).to(dtype)
+    q, k, v = (x.view(b, h, d) for x in qkv.split(h * d, -1))  # strided views, as the stacked projection gives
+    angle = torch.rand(b, d // 2, generator=g) * 6
+    cos, sin = (f(torch.cat([angle, angle], -1)).to(dtype) for f in (torch.cos, torch.sin))
+    slot = torch.tensor([t - 2])
+    cache = torch.randn(2, b, h, t, d, generator=g).to(dtype)
+    caches = [cache.clone(), cache.clone()]
+    want_q = reference.rope_cache(q, k, v, cos, sin, caches[0][0], caches[0][1], slot)
+    got_keys, got_values = caches[1].to(DEVICE).unbind(0)
+    got_q = tk.rope_cache(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), cos.to(DEVICE), sin.to(DEVICE), got_keys, got_values, slot.to(DEVICE))
+    tol = 1e-6 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got_q.cpu(), want_q, rtol=tol, atol=tol)
+    torch.testing.assert_close(got_keys.cpu(), caches[0][0], rtol=tol, atol=tol)
+    assert torch.equal(got_values.cpu(), caches[0][1])
+    # the reference is the model's rotary embedding, and only the slot was written
+    mq, mk = apply_rotary_pos_emb(q[:, :, None], k[:, :, None], cos[:, None], sin[:, None])
+    assert torch.equal(want_q, mq[:, :, 0]) and torch.equal(caches[0][0][:, :, t - 2], mk[:, :, 0])
+    assert torch.equal(caches[0][1][:, :, t - 2], v)
 
 
 @in_process
@@ -128,8 +174,9 @@ def test_dispatch_picks_reference_on_cpu_and_when_forced(monkeypatch):
     assert kernels.backend(x) == "torch"
     monkeypatch.setenv("EMBODYHUB_KERNELS", "triton")
     assert kernels.backend(x) == "triton"
-    q, s = quantize_int8(torch.randn(5, 8))
-    torch.testing.assert_close(kernels.int8_linear(x, q, s), reference.int8_linear(x, q, s), rtol=1e-5, atol=1e-5)
+    if _interpreted():  # forced Triton on CPU tensors runs only under the interpreter
+        q, s = quantize_int8(torch.randn(5, 8))
+        torch.testing.assert_close(kernels.int8_linear(x, q, s), reference.int8_linear(x, q, s), rtol=1e-5, atol=1e-5)
     monkeypatch.setenv("EMBODYHUB_KERNELS", "torch")
     assert kernels.backend(x.to(DEVICE)) == "torch"
 

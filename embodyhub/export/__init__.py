@@ -13,10 +13,11 @@ from .quantize import (
     quantize_model,
     save_quantized,
 )
-from .runtime import OnnxPolicy
+from .runtime import GraphedDecoder, OnnxPolicy
 from .thor import build_bundle, verify_bundle
 
 __all__ = [
+    "GraphedDecoder",
     "OnnxPolicy",
     "QuantConfig",
     "QuantizedLinear",

@@ -1,45 +1,118 @@
 """Fused decoding for the GPU runtime: the WAM's decoder layers with the fused kernels plugged in.
 
-``fuse_decoder(model)`` wraps every ``WamDecoderLayer`` so that a one-token decode step reads the KV
-cache with the fused decode-attention kernel, and the attention residual add + post-attention RMSNorm
-run as one kernel. Together with ``QuantizedLinear`` (fused dequant + GEMV) a decode step launches
-few kernels, each reading its weights once. Prefill (several tokens) keeps the layer's own SDPA path.
-Kernel selection stays automatic: on CPU the wrapped layers compute with the torch references.
+``fuse_decoder(model)`` wraps every ``WamDecoderLayer`` so that a one-token decode step is a short chain of
+kernels, each reading its weights once: RMSNorm, one projection for q/k/v (their weights stacked by rows),
+rotary embedding + KV-cache write, decode attention, the output projection, residual add + RMSNorm, one
+projection for gate/up, SiLU x up, the down projection. With ``QuantizedLinear`` the projections are the
+fused dequant + GEMV kernels. Prefill (several tokens) keeps the layer's own path. Kernel selection stays
+automatic: on CPU the wrapped layers compute with the torch references. Fusing is a runtime transform:
+cast and move the model first (``.to`` after fusing would copy the stacked weights apart), and do not save
+a fused model (the stacked weights and the layers' row slices of them share storage).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ..models.wam.modeling_wam import WamDecoderLayer, apply_rotary_pos_emb
 from . import kernels
+from .quantize import QuantizedLinear
+
+
+class RowStack(nn.Module):
+    """Linears that read the same input, computed as one: ``forward`` returns their outputs concatenated.
+    Layers of one kind (``nn.Linear``, or ``QuantizedLinear`` of one precision and group size) are stacked by
+    rows into one layer, and each original is re-pointed at its row slice, so nothing is stored twice; other
+    mixes run one by one."""
+
+    def __init__(self, linears: list[nn.Module]) -> None:
+        super().__init__()
+        self.stacked = _stack(linears)
+        self.parts = nn.ModuleList(linears) if self.stacked is None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.stacked is not None:
+            return self.stacked(x)
+        return torch.cat([part(x) for part in self.parts], -1)  # type: ignore[union-attr]
+
+
+def _kind(module: nn.Module) -> tuple | None:
+    """What must agree for layers to stack: class, input width, bias, and precision/group size if quantized."""
+    if type(module) is nn.Linear:
+        return (nn.Linear, module.in_features, module.bias is None)
+    if type(module) is QuantizedLinear:
+        return (QuantizedLinear, module.in_features, module.bias is None, module.precision, module.group_size)
+    return None
+
+
+def _stack(linears: list[nn.Module]) -> nn.Module | None:
+    first = linears[0]
+    if _kind(first) is None or any(_kind(m) != _kind(first) for m in linears):
+        return None
+    total = sum(m.out_features for m in linears)
+    if isinstance(first, QuantizedLinear):
+        stacked: nn.Module = QuantizedLinear(first.in_features, total, first.precision, first.group_size, first.bias is not None)
+        names = ["qweight", "scale", "zero", "bias"]
+    else:
+        stacked = nn.Linear(first.in_features, total, bias=first.bias is not None, device="meta")
+        names = ["weight", "bias"]
+    for name in names:
+        if getattr(first, name, None) is None:
+            continue
+        whole = torch.cat([getattr(m, name).detach() for m in linears])
+        _assign(stacked, name, whole)
+        start = 0
+        for m in linears:
+            _assign(m, name, whole[start : start + m.out_features])
+            start += m.out_features
+    return stacked
+
+
+def _assign(module: nn.Module, name: str, tensor: Tensor) -> None:
+    if name in module._parameters:
+        module._parameters[name] = nn.Parameter(tensor, requires_grad=False)
+    else:
+        module._buffers[name] = tensor
 
 
 class FusedDecoderLayer(nn.Module):
-    """A ``WamDecoderLayer`` (its weights, unchanged) with fused decode attention and add + RMSNorm."""
+    """A ``WamDecoderLayer`` (its weights, shared) decoding one token through the fused kernels. A cache with
+    ``in_place`` set (the fixed-size slot cache of ``LoopStepGraph``) gets the new key/value written by the
+    rotary kernel; any other cache is updated through its ``update``."""
 
     def __init__(self, layer: WamDecoderLayer) -> None:
         super().__init__()
+        attn, mlp = layer.self_attn, layer.mlp
         self.layer = layer
+        self.qkv = RowStack([attn.q_proj, attn.k_proj, attn.v_proj])
+        self.gate_up = RowStack([mlp.gate_proj, mlp.up_proj])
 
     def forward(self, hidden_states: Tensor, position_embeddings: tuple[Tensor, Tensor], attention_mask: Tensor, cache: object = None) -> Tensor:
         layer, attn = self.layer, self.layer.self_attn
-        x = layer.input_layernorm(hidden_states)
-        B, L, _ = x.shape
-        if cache is not None and L == 1:
-            shape = (B, 1, attn.num_heads, attn.head_dim)
-            q = attn.q_proj(x).view(shape).transpose(1, 2)
-            k = attn.k_proj(x).view(shape).transpose(1, 2)
-            v = attn.v_proj(x).view(shape).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
-            k, v = cache.update(k, v, attn.layer_idx)  # type: ignore[attr-defined]
-            out = kernels.decode_attention(q[:, :, 0], k, v, attention_mask[:, 0, -1, :])
-            a = attn.o_proj(out.reshape(B, 1, -1))
+        B, L, _ = hidden_states.shape
+        if cache is None or L != 1:
+            x = layer.input_layernorm(hidden_states)
+            normed, h = kernels.add_rmsnorm(attn(x, position_embeddings, attention_mask, cache), hidden_states, *_norm(layer.post_attention_layernorm))
+            return h + layer.mlp(normed)
+        x = kernels.rmsnorm(hidden_states, *_norm(layer.input_layernorm))
+        width = attn.num_heads * attn.head_dim
+        q, k, v = (t.view(B, attn.num_heads, attn.head_dim) for t in self.qkv(x)[:, 0].split(width, -1))
+        cos, sin = position_embeddings
+        if getattr(cache, "in_place", False):
+            keys, values = cache.keys[attn.layer_idx], cache.values[attn.layer_idx]  # type: ignore[attr-defined]
+            q = kernels.rope_cache(q, k, v, cos[:, 0], sin[:, 0], keys, values, cache.slot)  # type: ignore[attr-defined]
         else:
-            a = attn(x, position_embeddings, attention_mask, cache)
-        norm = layer.post_attention_layernorm
-        normed, h = kernels.add_rmsnorm(a, hidden_states, norm.weight, norm.eps)
-        return h + layer.mlp(normed)
+            q4, k4 = apply_rotary_pos_emb(q[:, :, None], k[:, :, None], cos, sin)
+            keys, values = cache.update(k4, v[:, :, None], attn.layer_idx)  # type: ignore[attr-defined]
+            q = q4[:, :, 0]
+        out = kernels.decode_attention(q, keys, values, attention_mask[:, 0, -1, :])
+        normed, h = kernels.add_rmsnorm(attn.o_proj(out.reshape(B, 1, -1)), hidden_states, *_norm(layer.post_attention_layernorm))
+        return h + layer.mlp.down_proj(kernels.silu_mul(self.gate_up(normed)))
+
+
+def _norm(norm: nn.Module) -> tuple[Tensor, float]:
+    return norm.weight, norm.eps  # type: ignore[return-value]
 
 
 def fuse_decoder(model: nn.Module) -> nn.Module:

@@ -22,6 +22,7 @@ no float64).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -84,14 +85,16 @@ class PrefillGraph(nn.Module):
     def __init__(self, model: WamForActionPrediction, processor: WamProcessor, embodiment: Embodiment | str) -> None:
         super().__init__()
         self.model, self.processor, self.embodiment = model, processor, processor.resolve(embodiment)
+        self.dequantize = True  # quantized weights dequantized once per call (the form ONNX stores); False: fused kernels
 
     def encode(self, q: Tensor, goal: Tensor) -> tuple[Any, Tensor]:
-        """The model output of the prefix + BOS forward (with its cache) and the canonical state."""
-        batch = dict(self.processor({"state": q, "goal": goal}, self.embodiment))
+        """The model output of the prefix + BOS forward (with its cache) and the canonical state. The
+        processor runs where ``q`` is; its outputs move to the model's device."""
+        batch = {k: v.to(self.model.device) if isinstance(v, Tensor) else v for k, v in self.processor({"state": q, "goal": goal}, self.embodiment).items()}
         batch.pop("action_decoder")
         dims, steps = batch.pop("action_dims"), batch.pop("action_steps")
-        bos = torch.full((q.shape[0], 1), self.model.config.bos_token_id, dtype=torch.long)
-        with dequantize_once(self.model):
+        bos = torch.full((q.shape[0], 1), self.model.config.bos_token_id, dtype=torch.long, device=dims.device)
+        with _dequantized(self.model, self.dequantize):
             out = self.model(bos, dims[:, :1], steps[:, :1], use_cache=True, **batch)
         return out, batch["state"]
 
@@ -126,40 +129,55 @@ class LoopStepGraph(nn.Module):
     (later slots are unmarked, so the mask is also causal). Fixed shapes keep the loop-carried values
     TensorRT-friendly (``ILoop`` recurrences cannot change shape)."""
 
-    def __init__(self, model: WamForActionPrediction, dims: Tensor, steps: Tensor, first_slot: int) -> None:
+    def __init__(self, model: WamForActionPrediction, dims: Tensor, steps: Tensor, first_slot: int, in_place: bool = False) -> None:
         super().__init__()
-        self.model, self.first_slot = model, first_slot
+        self.model, self.first_slot, self.in_place = model, first_slot, in_place
+        self.dequantize = True  # as in PrefillGraph
         self.register_buffer("dims", dims[1:].clone(), persistent=False)
         self.register_buffer("steps", steps[1:].clone(), persistent=False)
 
     def forward(self, i: Tensor, token: Tensor, prefill_mask: Tensor, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``in_place``: the new key/value are written into ``keys``/``values`` themselves (returned as they
+        are), for a runtime that keeps one cache buffer; otherwise new buffers are returned (ONNX ``Loop``)."""
         trunk, B = self.model.model, token.shape[0]
         index = i.reshape(1)
         dim, step = (torch.index_select(t, 0, index).expand(B, 1) for t in (self.dims, self.steps))
         position = index + self.first_slot
-        slots = torch.arange(keys.shape[3])
+        slots = torch.arange(keys.shape[3], device=keys.device)
         mask = prefill_mask | ((slots >= self.first_slot) & (slots <= position))[None]
         hidden = trunk.embed_actions(token, dim, step)
         position_embeddings = trunk.rotary_emb(hidden, position.expand(B, 1))
-        cache = _SlotCache(keys, values, slots == position)
-        with dequantize_once(self.model):
+        cache = _SlotCache(keys, values, position if self.in_place else slots == position)
+        with _dequantized(self.model, self.dequantize):
             for layer in trunk.layers:
                 hidden = layer(hidden, position_embeddings, mask[:, None, None, :], cache)
             logits = self.model.action_head(trunk.norm(hidden))[:, -1]
+        if self.in_place:
+            return _greedy(logits, self.model.config.action_bins), keys, values
         return _greedy(logits, self.model.config.action_bins), torch.stack(cache.keys), torch.stack(cache.values)
 
 
 class _SlotCache:
     """A fixed-size KV cache for the Loop body: ``update`` (the ``Cache`` method ``WamAttention`` calls) writes
-    a layer's new key/value into the slot that ``slot [T]`` marks and returns the layer's whole buffers."""
+    a layer's new key/value into one slot and returns the layer's whole buffers. ``slot``: a mask ``[T]``
+    (functional ``where``, new buffers) or a position ``[1]`` (``index_copy_`` into the given buffers)."""
 
     def __init__(self, keys: Tensor, values: Tensor, slot: Tensor) -> None:
-        self.keys, self.values, self.slot = list(keys.unbind(0)), list(values.unbind(0)), slot[:, None]
+        self.keys, self.values = list(keys.unbind(0)), list(values.unbind(0))
+        self.slot, self.in_place = (slot, True) if slot.dtype == torch.long else (slot[:, None], False)
 
     def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int) -> tuple[Tensor, Tensor]:
-        self.keys[layer_idx] = torch.where(self.slot, key_states, self.keys[layer_idx])
-        self.values[layer_idx] = torch.where(self.slot, value_states, self.values[layer_idx])
+        if self.in_place:
+            self.keys[layer_idx].index_copy_(2, self.slot, key_states)
+            self.values[layer_idx].index_copy_(2, self.slot, value_states)
+        else:
+            self.keys[layer_idx] = torch.where(self.slot, key_states, self.keys[layer_idx])
+            self.values[layer_idx] = torch.where(self.slot, value_states, self.values[layer_idx])
         return self.keys[layer_idx], self.values[layer_idx]
+
+
+def _dequantized(model: nn.Module, dequantize: bool) -> contextlib.AbstractContextManager[None]:
+    return dequantize_once(model) if dequantize else contextlib.nullcontext()
 
 
 class CanonicalGraph(PolicyGraph):

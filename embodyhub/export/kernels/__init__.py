@@ -16,7 +16,10 @@ from torch import Tensor
 
 from . import reference
 
-__all__ = ["add_rmsnorm", "backend", "decode_attention", "fp8_linear", "int4_linear", "int8_linear", "reference", "triton_module"]
+__all__ = [
+    "add_rmsnorm", "backend", "decode_attention", "fp8_linear", "int4_linear", "int8_linear", "reference", "rmsnorm", "rope_cache",
+    "silu_mul", "triton_module",
+]
 
 
 @functools.lru_cache(maxsize=1)
@@ -58,9 +61,24 @@ def fp8_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None = 
     return reference.fp8_linear(x, qweight, scale, bias)
 
 
+def rmsnorm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """RMSNorm (``WamRMSNorm``'s arithmetic)."""
+    return _impl(x).rmsnorm(x, weight, eps)
+
+
 def add_rmsnorm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """Residual add + RMSNorm -> ``(normed, h)``."""
     return _impl(x).add_rmsnorm(x, residual, weight, eps)
+
+
+def rope_cache(q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, keys: Tensor, values: Tensor, slot: Tensor) -> Tensor:
+    """Rotary embedding of one decode token's query and key, key and value written into the cache at ``slot``."""
+    return _impl(q).rope_cache(q, k, v, cos, sin, keys, values, slot)
+
+
+def silu_mul(gate_up: Tensor) -> Tensor:
+    """``silu(gate) * up`` from the stacked gate/up projections ``[..., 2I]``."""
+    return _impl(gate_up).silu_mul(gate_up)
 
 
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, scale: float | None = None) -> Tensor:

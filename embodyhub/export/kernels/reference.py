@@ -77,13 +77,39 @@ def fp8_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None = 
     return F.linear(x, dequantize_fp8(qweight, scale).to(x.dtype), None if bias is None else bias.to(x.dtype))
 
 
+def rmsnorm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """``weight * rmsnorm(x)`` with the RMS taken in float32 and the normalized value rounded to ``x.dtype``,
+    exactly as ``WamRMSNorm`` does."""
+    xf = x.float()
+    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
 def add_rmsnorm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """``h = x + residual`` (rounded to ``x.dtype``), then ``(weight * rmsnorm(h), h)``; the RMS is taken in
-    float32, exactly as ``WamRMSNorm`` does, so the fused kernel can replace the decoder layer's two steps."""
+    """``h = x + residual`` (rounded to ``x.dtype``), then ``(rmsnorm(h), h)``: the decoder layer's residual add
+    and post-attention norm as one step."""
     h = x + residual
-    hf = h.float()
-    normed = hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * normed.to(h.dtype), h
+    return rmsnorm(h, weight, eps), h
+
+
+def rope_cache(q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, keys: Tensor, values: Tensor, slot: Tensor) -> Tensor:
+    """One decode token's rotary embedding and cache write: ``q/k/v [B, H, D]``, ``cos/sin [B, D]``; the rotated
+    key and the value go into ``keys/values [B, H, T, D]`` at position ``slot [1]`` (in place); returns the
+    rotated query. Same arithmetic as ``apply_rotary_pos_emb`` (each product and the sum rounded to the dtype)."""
+    cos, sin = cos[:, None], sin[:, None]
+
+    def rotate(t: Tensor) -> Tensor:
+        half = t.shape[-1] // 2
+        return t * cos + torch.cat([-t[..., half:], t[..., :half]], -1) * sin
+
+    keys.index_copy_(2, slot, rotate(k)[:, :, None])
+    values.index_copy_(2, slot, v[:, :, None])
+    return rotate(q)
+
+
+def silu_mul(gate_up: Tensor) -> Tensor:
+    """SwiGLU's ``silu(gate) * up`` from the gate and up projections stacked on the last axis ``[..., 2I]``."""
+    gate, up = gate_up.chunk(2, -1)
+    return F.silu(gate) * up
 
 
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, scale: float | None = None) -> Tensor:

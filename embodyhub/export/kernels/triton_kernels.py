@@ -19,6 +19,14 @@ GEMV_MAX_ROWS = 8  # up to this many rows of x a per-row GEMV beats the tiled te
 
 
 @triton.jit
+def _dot(a, b):
+    """``tl.dot``, in full float32 for float32 inputs (as torch's matmul; TF32 would miss the reference)."""
+    if a.dtype == tl.float32:
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
 def _int8_gemv_kernel(
     x_ptr, q_ptr, s_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_ym,
     HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -53,7 +61,7 @@ def _int8_gemm_kernel(
         k_ok = k < K
         a = tl.load(x_ptr + m[:, None] * stride_xm + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(q_ptr + n[None, :] * K + k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0)
-        acc += tl.dot(a, w.to(a.dtype))  # |code| <= 127 is exact in bf16/fp16
+        acc += _dot(a, w.to(a.dtype))  # |code| <= 127 is exact in bf16/fp16
     acc = acc * tl.load(s_ptr + n, mask=n_ok, other=0.0)[None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -91,6 +99,39 @@ def _int4_gemv_kernel(
 
 
 @triton.jit
+def _int4_gemv_grouped_kernel(
+    x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, KH, GROUPS, stride_xm, stride_ym,
+    HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+):
+    """The int4 GEMV when both halves of K are whole groups (``K == 2 * KH``, ``KH % GROUP == 0``): per group
+    ``scale * (codes . x - zero * sum(x))``, so scales and zero points are loaded once per group, not per code."""
+    row = tl.program_id(1)
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < N
+    half_groups = KH // GROUP
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for g0 in range(0, half_groups, BLOCK_G):
+        g = g0 + tl.arange(0, BLOCK_G)
+        g_ok = g < half_groups
+        j = g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]  # packed columns [BLOCK_G, GROUP]
+        packed = tl.load(q_ptr + n[:, None, None] * KH + j[None, :, :], mask=n_ok[:, None, None] & g_ok[None, :, None], other=0).to(tl.int32)
+        x_lo = tl.load(x_ptr + row * stride_xm + j, mask=g_ok[:, None], other=0.0).to(tl.float32)
+        x_hi = tl.load(x_ptr + row * stride_xm + KH + j, mask=g_ok[:, None], other=0.0).to(tl.float32)
+        dot_lo = tl.sum((packed & 15).to(tl.float32) * x_lo[None, :, :], 2)
+        dot_hi = tl.sum((packed >> 4).to(tl.float32) * x_hi[None, :, :], 2)
+        ok = n_ok[:, None] & g_ok[None, :]
+        at = n[:, None] * GROUPS + g[None, :]
+        s_lo = tl.load(s_ptr + at, mask=ok, other=0.0).to(tl.float32)
+        s_hi = tl.load(s_ptr + at + half_groups, mask=ok, other=0.0).to(tl.float32)
+        z_lo = tl.load(z_ptr + at, mask=ok, other=0).to(tl.float32)
+        z_hi = tl.load(z_ptr + at + half_groups, mask=ok, other=0).to(tl.float32)
+        acc += tl.sum(s_lo * (dot_lo - z_lo * tl.sum(x_lo, 1)[None, :]) + s_hi * (dot_hi - z_hi * tl.sum(x_hi, 1)[None, :]), 1)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * stride_ym + n, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
+
+
+@triton.jit
 def _int4_gemm_kernel(
     x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, KH, GROUPS, GROUP, stride_xm, stride_ym,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -114,27 +155,71 @@ def _int4_gemm_kernel(
         z_hi = tl.load(z_ptr + g_hi, mask=ok_hi, other=0).to(tl.float32)
         w_lo = ((packed & 15).to(tl.float32) - z_lo) * tl.load(s_ptr + g_lo, mask=ok_lo, other=0.0).to(tl.float32)
         w_hi = ((packed >> 4).to(tl.float32) - z_hi) * tl.load(s_ptr + g_hi, mask=ok_hi, other=0.0).to(tl.float32)
-        acc += tl.dot(a_lo, w_lo.to(a_lo.dtype)) + tl.dot(a_hi, w_hi.to(a_hi.dtype))
+        acc += _dot(a_lo, w_lo.to(a_lo.dtype)) + _dot(a_hi, w_hi.to(a_hi.dtype))
     if HAS_BIAS:
         acc += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + m[:, None] * stride_ym + n[None, :], acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
-def _add_rmsnorm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, h_ptr, D, eps, BLOCK_D: tl.constexpr):
+def _add_rmsnorm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, h_ptr, D, eps, HAS_RESIDUAL: tl.constexpr, BLOCK_D: tl.constexpr):
     row = tl.program_id(0)
     d = tl.arange(0, BLOCK_D)
     ok = d < D
     x = tl.load(x_ptr + row * D + d, mask=ok, other=0.0)
-    r = tl.load(r_ptr + row * D + d, mask=ok, other=0.0)
-    # Each step rounds to the activation dtype where the decoder layer's torch ops do (one rounding per op).
-    h = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
-    tl.store(h_ptr + row * D + d, h, mask=ok)
+    if HAS_RESIDUAL:
+        r = tl.load(r_ptr + row * D + d, mask=ok, other=0.0)
+        # Each step rounds to the activation dtype where the decoder layer's torch ops do (one rounding per op).
+        h = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
+        tl.store(h_ptr + row * D + d, h, mask=ok)
+    else:
+        h = x
     hf = h.to(tl.float32)
     inv = 1.0 / tl.sqrt(tl.sum(hf * hf, 0) / D + eps)
     w = tl.load(w_ptr + d, mask=ok, other=0.0).to(tl.float32)
     y = w * (hf * inv).to(x.dtype).to(tl.float32)
     tl.store(out_ptr + row * D + d, y.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _rotate(ptr, d, rd, sign, ok, c, s):
+    """One row's rotary embedding (``t * cos + rotate_half(t) * sin``), each product and the sum rounded."""
+    x = tl.load(ptr + d, mask=ok, other=0.0)
+    xr = tl.load(ptr + rd, mask=ok, other=0.0).to(tl.float32) * sign
+    return ((x.to(tl.float32) * c).to(x.dtype).to(tl.float32) + (xr * s).to(x.dtype).to(tl.float32)).to(x.dtype)
+
+
+@triton.jit
+def _rope_cache_kernel(
+    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, keys_ptr, values_ptr, slot_ptr, out_ptr, H, D, sqb, skb, svb,
+    ckb, ckh, ckt, cvb, cvh, cvt, BLOCK_D: tl.constexpr,
+):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    d = tl.arange(0, BLOCK_D)
+    ok = d < D
+    half = D // 2
+    rd = tl.where(d < half, d + half, d - half)  # rotate_half: (-x2, x1)
+    sign = tl.where(d < half, -1.0, 1.0)
+    c = tl.load(cos_ptr + b * D + d, mask=ok, other=0.0).to(tl.float32)
+    s = tl.load(sin_ptr + b * D + d, mask=ok, other=0.0).to(tl.float32)
+    slot = tl.load(slot_ptr)
+    tl.store(out_ptr + (b * H + h) * D + d, _rotate(q_ptr + b * sqb + h * D, d, rd, sign, ok, c, s), mask=ok)
+    tl.store(keys_ptr + b * ckb + h * ckh + slot * ckt + d, _rotate(k_ptr + b * skb + h * D, d, rd, sign, ok, c, s), mask=ok)
+    v = tl.load(v_ptr + b * svb + h * D + d, mask=ok, other=0.0)
+    tl.store(values_ptr + b * cvb + h * cvh + slot * cvt + d, v, mask=ok)
+
+
+@triton.jit
+def _silu_mul_kernel(x_ptr, y_ptr, INNER, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < INNER
+    g = tl.load(x_ptr + row * 2 * INNER + i, mask=ok, other=0.0)
+    u = tl.load(x_ptr + row * 2 * INNER + INNER + i, mask=ok, other=0.0).to(tl.float32)
+    gf = g.to(tl.float32)
+    act = (gf / (1.0 + tl.exp(-gf))).to(g.dtype).to(tl.float32)
+    tl.store(y_ptr + row * INNER + i, (act * u).to(y_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -173,6 +258,15 @@ def _pow2(n: int, lo: int = 16, hi: int = 1024) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
 
 
+def _gemv_blocks(x: Tensor, N: int, K: int, widest_k: int) -> tuple[int, int]:
+    """``(BLOCK_N, BLOCK_K)`` for a GEMV over ``N`` output rows of ``K`` stored columns. At batch 1 the kernel
+    is latency-bound: many programs of few rows (about eight per multiprocessor, at least 4 rows), each
+    reading long rows (``widest_k`` columns per load). Measured on an H200 (``benchmarks/export.py``): 4
+    rows x 512 packed int4 bytes and 4 rows x 1024 int8 columns with 8 warps were fastest."""
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 8
+    return _pow2(triton.cdiv(N, 8 * sms), 4, 64), _pow2(K, 16, widest_k)
+
+
 def _rows(x: Tensor) -> Tensor:
     x2 = x.reshape(-1, x.shape[-1])
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
@@ -186,8 +280,10 @@ def int8_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None =
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     b = bias if bias is not None else scale
     if M <= GEMV_MAX_ROWS:
-        grid = (triton.cdiv(N, 64), M)
-        _int8_gemv_kernel[grid](x2, qweight, scale, b, y, N, K, x2.stride(0), y.stride(0), bias is not None, BLOCK_N=64, BLOCK_K=_pow2(K, 16, 256))
+        block_n, block_k = _gemv_blocks(x2, N, K, 1024)
+        _int8_gemv_kernel[(triton.cdiv(N, block_n), M)](
+            x2, qweight, scale, b, y, N, K, x2.stride(0), y.stride(0), bias is not None, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=8,
+        )
     else:
         grid = (triton.cdiv(M, 32), triton.cdiv(N, 64))
         _int8_gemm_kernel[grid](x2, qweight, scale, b, y, M, N, K, x2.stride(0), y.stride(0), bias is not None, BLOCK_M=32, BLOCK_N=64, BLOCK_K=32)
@@ -202,11 +298,17 @@ def int4_linear(x: Tensor, qweight: Tensor, scale: Tensor, zero: Tensor, group_s
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     b = bias if bias is not None else scale
     groups = scale.shape[1]
-    if M <= GEMV_MAX_ROWS:
-        grid = (triton.cdiv(N, 64), M)
-        _int4_gemv_kernel[grid](
+    if M <= GEMV_MAX_ROWS and K == 2 * KH and KH % group_size == 0 and group_size == triton.next_power_of_2(group_size):
+        block_n, block_k = _gemv_blocks(x2, N, KH, 512)
+        _int4_gemv_grouped_kernel[(triton.cdiv(N, block_n), M)](
+            x2, qweight, scale, zero, b, y, N, KH, groups, x2.stride(0), y.stride(0), bias is not None,
+            GROUP=group_size, BLOCK_N=block_n, BLOCK_G=max(1, block_k // group_size),
+        )
+    elif M <= GEMV_MAX_ROWS:
+        block_n, block_k = _gemv_blocks(x2, N, KH, 256)
+        _int4_gemv_kernel[(triton.cdiv(N, block_n), M)](
             x2, qweight, scale, zero, b, y, N, K, KH, groups, group_size, x2.stride(0), y.stride(0),
-            bias is not None, BLOCK_N=64, BLOCK_K=_pow2(KH, 16, 128),
+            bias is not None, BLOCK_N=block_n, BLOCK_K=block_k,
         )
     else:
         grid = (triton.cdiv(M, 32), triton.cdiv(N, 64))
@@ -217,13 +319,52 @@ def int4_linear(x: Tensor, qweight: Tensor, scale: Tensor, zero: Tensor, group_s
     return y.reshape(*x.shape[:-1], N)
 
 
+def rmsnorm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """Fused RMSNorm; matches ``reference.rmsnorm``."""
+    D = x.shape[-1]
+    x2 = x.reshape(-1, D).contiguous()
+    out = torch.empty_like(x2)
+    _add_rmsnorm_kernel[(x2.shape[0],)](x2, x2, weight.contiguous(), out, out, D, eps, False, BLOCK_D=_pow2(D, 16, 65536))
+    return out.reshape(x.shape)
+
+
 def add_rmsnorm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """Fused residual add + RMSNorm; returns ``(normed, h)`` like ``reference.add_rmsnorm``."""
     D = x.shape[-1]
     x2, r2 = x.reshape(-1, D).contiguous(), residual.reshape(-1, D).contiguous()
     out, h = torch.empty_like(x2), torch.empty_like(x2)
-    _add_rmsnorm_kernel[(x2.shape[0],)](x2, r2, weight.contiguous(), out, h, D, eps, BLOCK_D=_pow2(D, 16, 65536))
+    _add_rmsnorm_kernel[(x2.shape[0],)](x2, r2, weight.contiguous(), out, h, D, eps, True, BLOCK_D=_pow2(D, 16, 65536))
     return out.reshape(x.shape), h.reshape(x.shape)
+
+
+def _heads(t: Tensor) -> Tensor:
+    """``[B, H, D]`` with heads and features packed (a split of a stacked projection qualifies), else a copy."""
+    return t if t.stride(2) == 1 and t.stride(1) == t.shape[2] else t.contiguous()
+
+
+def rope_cache(q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, keys: Tensor, values: Tensor, slot: Tensor) -> Tensor:
+    """Fused rotary embedding + KV-cache write for one decode token; matches ``reference.rope_cache``."""
+    q, k, v = _heads(q), _heads(k), _heads(v)
+    B, H, D = q.shape
+    if keys.stride(3) != 1 or values.stride(3) != 1:
+        raise ValueError("rope_cache writes into caches whose last axis is contiguous")
+    out = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
+    cos, sin = cos.reshape(B, D).contiguous(), sin.reshape(B, D).contiguous()
+    _rope_cache_kernel[(B, H)](
+        q, k, v, cos, sin, keys, values, slot, out, H, D, q.stride(0), k.stride(0), v.stride(0),
+        keys.stride(0), keys.stride(1), keys.stride(2), values.stride(0), values.stride(1), values.stride(2), BLOCK_D=_pow2(D, 16, 1024),
+    )
+    return out
+
+
+def silu_mul(gate_up: Tensor) -> Tensor:
+    """Fused ``silu(gate) * up``; matches ``reference.silu_mul``."""
+    inner = gate_up.shape[-1] // 2
+    x2 = gate_up.reshape(-1, 2 * inner).contiguous()
+    y = torch.empty(x2.shape[0], inner, dtype=gate_up.dtype, device=gate_up.device)
+    block = _pow2(inner, 16, 1024)
+    _silu_mul_kernel[(x2.shape[0], triton.cdiv(inner, block))](x2, y, inner, BLOCK=block)
+    return y.reshape(*gate_up.shape[:-1], inner)
 
 
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, scale: float | None = None) -> Tensor:
@@ -241,6 +382,6 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, scale: floa
     _decode_attention_kernel[(B, H)](
         q, k, v, mask, out, T, D, H, scale,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        out.stride(0), out.stride(1), BLOCK_T=_pow2(T, 16, 64), BLOCK_D=_pow2(D, 16, 256),
+        out.stride(0), out.stride(1), BLOCK_T=_pow2(T, 16, 128), BLOCK_D=_pow2(D, 16, 256), num_warps=8,
     )
     return out
