@@ -41,7 +41,7 @@ from .onnx import (
     ort_session,
     share_weights,
 )
-from .quantize import DEFAULT_INT8, DEFAULT_SKIP, QuantConfig, quantize_model, save_quantized
+from .quantize import DEFAULT_GROUP_SIZE, DEFAULT_INT8, DEFAULT_SKIP, QuantConfig, quantize_model, save_quantized
 
 MANIFEST_NAME = "manifest.json"
 DECODE_STEP_NAME = "decode_step.onnx"
@@ -54,7 +54,7 @@ class ExportRecipe(Recipe):
     """What ``embodyhub export`` reads from ``recipes/export_thor.yaml``."""
 
     precision: str = "int8"
-    group_size: int = 128
+    group_size: int = DEFAULT_GROUP_SIZE
     skip: list[str] = field(default_factory=lambda: list(DEFAULT_SKIP))
     keep_float: str = "float16"
     int8_layers: list[str] = field(default_factory=lambda: list(DEFAULT_INT8))

@@ -531,15 +531,19 @@ class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
         """Predict a chunk of native joint commands ``[B, H, dof]`` from ``processor(obs, embodiment)``.
 
         ``imagine=True`` also returns the world head's end-effector positions ``[B, H, 3 * max_arms]``.
+        The processor's tensors move to the model's device; the tokens come back to the host, where the
+        ``action_decoder`` (IK, limit clamping) runs, so the results are host tensors wherever the model is.
         """
         inputs.pop("input_ids", None)
         for key in ("labels", "world_targets", "world_mask"):
             inputs.pop(key, None)
+        inputs = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in inputs.items()}
         out = self.sample_action_tokens(
-            action_dims, action_steps, do_sample=do_sample, temperature=temperature, use_cache=use_cache, imagine=imagine, **inputs
+            action_dims.to(self.device), action_steps.to(self.device), do_sample=do_sample, temperature=temperature,
+            use_cache=use_cache, imagine=imagine, **inputs,
         )
-        chunk = action_decoder(out["tokens"])
-        return (chunk, out["world"]) if imagine else chunk
+        chunk = action_decoder(out["tokens"].cpu())
+        return (chunk, out["world"].cpu()) if imagine else chunk
 
 
 class ActionQueue:
