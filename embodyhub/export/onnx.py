@@ -324,9 +324,8 @@ def export_policy(
     emb = processor.resolve(embodiment)
     q, goal = example_inputs(emb, batch_size)
     dims, steps = processor.schedule(emb)
+    head, first_slot = loop_head(model, processor, emb)
     with torch.no_grad():
-        first_slot = PrefillGraph(model, processor, emb)(q, goal)[3].shape[1]  # prefix + BOS
-        head = LoopPrefillGraph(model, processor, emb, first_slot + dims.numel() - 1)
         token, keys, values, mask, state = head(q, goal)
     tokens = torch.zeros(batch_size, dims.numel(), dtype=torch.long)  # the bin decoding traces the same for any tokens
     quantized = _is_quantized(model)
@@ -339,6 +338,16 @@ def export_policy(
         _trace(CanonicalGraph(model, processor, emb), (tokens, state), False, fp16_initializers, "t", input_names=["tokens", "state"], output_names=OUTPUT_NAMES[1:]),
     )
     return _save(_loop_policy(*parts, trips=dims.numel() - 1), path)
+
+
+def loop_head(model: WamForActionPrediction, processor: WamProcessor, embodiment: Embodiment | str) -> tuple[LoopPrefillGraph, int]:
+    """The Loop policy's head with a cache sized for the embodiment's whole action schedule, and the slot of
+    the first decoded token (prefix + BOS, read off one prefill of example inputs)."""
+    emb = processor.resolve(embodiment)
+    q, goal = example_inputs(emb, 1)
+    with torch.no_grad():
+        first_slot = PrefillGraph(model, processor, emb)(q, goal)[3].shape[1]
+    return LoopPrefillGraph(model, processor, emb, first_slot + processor.schedule(emb)[0].numel() - 1), first_slot
 
 
 def _loop_policy(head: Any, body: Any, tail: Any, trips: int) -> Any:

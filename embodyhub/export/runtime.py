@@ -21,7 +21,7 @@ from torch import Tensor
 from ..embodiment import Embodiment
 from ..errors import EmbodyHubError
 from ..models.wam import WamForActionPrediction, WamProcessor
-from .onnx import OUTPUT_NAMES, LoopPrefillGraph, LoopStepGraph, PrefillGraph, example_inputs, ort_session
+from .onnx import OUTPUT_NAMES, LoopStepGraph, example_inputs, loop_head, ort_session
 from .thor import MANIFEST_NAME
 
 
@@ -85,10 +85,7 @@ class GraphedDecoder:
         self.length = dims.numel()
         cuda = model.device.type == "cuda"
         self.use_graph = cuda if graph is None else graph
-        q, goal = example_inputs(emb, 1)
-        with torch.no_grad():
-            first_slot = PrefillGraph(model.eval(), processor, emb)(q, goal)[3].shape[1]  # prefix + BOS
-        self.head = LoopPrefillGraph(model, processor, emb, first_slot + self.length - 1)
+        self.head, first_slot = loop_head(model.eval(), processor, emb)
         self.step = LoopStepGraph(model, dims.to(model.device), steps.to(model.device), first_slot, in_place=True)
         self.head.dequantize = self.step.dequantize = not cuda
         self._buffers: dict[str, Tensor] = {}
