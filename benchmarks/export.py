@@ -16,7 +16,8 @@ comparison.
 
     python benchmarks/export.py [--model DIR] [--robot panda] [--episodes 50] [--sizes] [--out /tmp/eh_export_bench]
 
-``--sizes`` adds the weight-file and decode-step-graph sizes of a wider (17M-parameter) WAM per precision.
+``--sizes`` adds the weight-file and decode-step-graph sizes of a wider (17M-parameter) WAM per precision,
+and onnxruntime's latency per chunk on its policy graph.
 """
 
 from __future__ import annotations
@@ -158,17 +159,19 @@ def cpu_table(args: argparse.Namespace) -> None:
 
 def mid_sizes(args: argparse.Namespace) -> None:
     """Weight file and decode-step graph sizes per precision for a wider WAM (random weights: sizes depend on
-    shapes only), where the weights rather than the graph structure dominate. The decode step holds each
-    weight once (a standalone policy graph holds the prefill's and the Loop body's copies; a bundle stores
-    them once in its shared data file)."""
-    from embodyhub.export.onnx import export_decode_step
+    shapes only), where the weights rather than the graph structure dominate, and onnxruntime's latency per
+    chunk on its policy graph (1 thread; ``ort_session``). The decode step holds each weight once (a
+    standalone policy graph holds the prefill's and the Loop body's copies; a bundle stores them once in its
+    shared data file)."""
+    from embodyhub.export.onnx import OUTPUT_NAMES, export_decode_step, export_policy
     from embodyhub.export.quantize import save_quantized
     from embodyhub.models.wam import WamConfig, WamForActionPrediction, WamProcessor
 
     processor = WamProcessor(chunk_length=4)
     processor.add_embodiment(load_robot(args.robot))
+    feed = dict(zip(("q", "goal"), (t.numpy() for t in example_inputs(processor.resolve(args.robot), 1))))
     rows = []
-    for precision in ("float32", "int8", "int4"):
+    for precision in PRECISIONS:
         torch.manual_seed(0)
         model = WamForActionPrediction(WamConfig(chunk_length=4, **MID)).eval()
         params = sum(p.numel() for p in model.parameters())
@@ -177,12 +180,15 @@ def mid_sizes(args: argparse.Namespace) -> None:
         out = Path(args.out) / f"mid_{precision}"
         weights = save_quantized(model, out).stat().st_size
         onnx_bytes = export_decode_step(model, processor, args.robot, out / "decode_step.onnx").stat().st_size
-        rows.append((precision, params, weights, onnx_bytes))
-    print(f"\nwider WAM {MID}: files per precision")
-    print(f"{'precision':<9} {'params M':>8} {'weights MB':>10} {'x f32':>6} {'step onnx MB':>12} {'x f32':>6}")
+        session = ort_session(export_policy(model, processor, args.robot, out / "policy.onnx"))
+        ort_ms = median_ms(lambda: session.run(OUTPUT_NAMES, feed), args.repeats)
+        rows.append((precision, params, weights, onnx_bytes, ort_ms))
+    length = processor.schedule(processor.resolve(args.robot))[0].numel()
+    print(f"\nwider WAM {MID}: files per precision, onnxruntime ms per chunk ({args.robot}, {length} action tokens, 1 thread)")
+    print(f"{'precision':<9} {'params M':>8} {'weights MB':>10} {'x f32':>6} {'step onnx MB':>12} {'x f32':>6} {'ort ms':>7}")
     f32 = rows[0]
-    for precision, params, weights, onnx_bytes in rows:
-        print(f"{precision:<9} {params / 1e6:>8.1f} {weights / 1e6:>10.1f} {weights / f32[2]:>6.3f} {onnx_bytes / 1e6:>12.1f} {onnx_bytes / f32[3]:>6.3f}")
+    for precision, params, weights, onnx_bytes, ort_ms in rows:
+        print(f"{precision:<9} {params / 1e6:>8.1f} {weights / 1e6:>10.1f} {weights / f32[2]:>6.3f} {onnx_bytes / 1e6:>12.1f} {onnx_bytes / f32[3]:>6.3f} {ort_ms:>7.1f}")
 
 
 def copy_bandwidth() -> float:
@@ -342,7 +348,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", default="/tmp/eh_export_bench")
     parser.add_argument("--skip-cpu", action="store_true", help="only the GPU tables")
-    parser.add_argument("--sizes", action="store_true", help="also the file sizes of a wider (17M) WAM per precision")
+    parser.add_argument("--sizes", action="store_true", help="also the file sizes and onnxruntime latency of a wider (17M) WAM per precision")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if not args.skip_cpu:

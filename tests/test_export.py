@@ -156,6 +156,33 @@ def test_loop_policy_decodes_the_pytorch_tokens_for_each_robot(precision, tmp_pa
         assert result["token_agreement"] == 1.0 and result["max_abs_canonical"] <= 1e-4 and result["max_abs_native"] == 0.0
 
 
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_ort_session_folds_dequantization_only_without_a_fused_kernel(precision, tmp_path):
+    """int8 weights are dequantized once at load, int4 ones stay for ``MatMulNBits``; either way the session
+    gives what one dequantizing at every step gives."""
+    import onnxruntime as ort
+
+    from embodyhub.export.onnx import OUTPUT_NAMES, ort_session
+
+    model, processor = tiny(seed=2)
+    quantize_model(model, QuantConfig(precision, group_size=16))
+    path = export_policy(model, processor, "panda", tmp_path / "policy.onnx")
+    session = ort_session(path)
+    try:
+        folded = session.get_session_options().get_session_config_entry("session.disable_quant_qdq") == "1"
+    except RuntimeError:  # the entry was never set
+        folded = False
+    assert folded == (precision == "int8")
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")  # float32 compute, as ours
+    plain = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for seed in range(3):
+        q, goal = example_inputs(load_robot("panda"), 1, seed)
+        feed = {"q": q.numpy(), "goal": goal.numpy()}
+        ours, theirs = session.run(OUTPUT_NAMES, feed), plain.run(OUTPUT_NAMES, feed)
+        assert (ours[0] == theirs[0]).all() and abs(ours[1] - theirs[1]).max() <= 1e-6
+
+
 def test_policy_graph_size_does_not_grow_with_action_tokens(tmp_path):
     torch.manual_seed(0)
     panda = load_robot("panda")
@@ -282,7 +309,7 @@ def test_export_merges_a_lora_adapter(tmp_path):
 
 @torch.no_grad()
 def test_fused_decoder_layers_decode_like_the_model():
-    from embodyhub.export.fused import FusedDecoderLayer, fuse_decoder
+    from embodyhub.export.fused import FusedDecoderLayer, FusedRMSNorm, fuse_decoder
 
     model, processor = tiny()
     quantize_model(model, QuantConfig("int8"))
@@ -293,7 +320,7 @@ def test_fused_decoder_layers_decode_like_the_model():
         inputs.pop(key)
     want = model.sample_action_tokens(dims, steps, imagine=True, **inputs)
     fuse_decoder(model)
-    assert all(isinstance(layer, FusedDecoderLayer) for layer in model.model.layers)
+    assert all(isinstance(layer, FusedDecoderLayer) for layer in model.model.layers) and isinstance(model.model.norm, FusedRMSNorm)
     got = model.sample_action_tokens(dims, steps, imagine=True, **inputs)
     assert torch.equal(got["tokens"], want["tokens"])
     torch.testing.assert_close(got["world"], want["world"], rtol=1e-4, atol=1e-5)

@@ -3,11 +3,12 @@
 ``fuse_decoder(model)`` wraps every ``WamDecoderLayer`` so that a one-token decode step is a short chain of
 kernels, each reading its weights once: RMSNorm, one projection for q/k/v (their weights stacked by rows),
 rotary embedding + KV-cache write, decode attention, the output projection, residual add + RMSNorm, one
-projection for gate/up, SiLU x up, the down projection. With ``QuantizedLinear`` the projections are the
-fused dequant + GEMV kernels. Prefill (several tokens) keeps the layer's own path. Kernel selection stays
-automatic: on CPU the wrapped layers compute with the torch references. Fusing is a runtime transform:
-cast and move the model first (``.to`` after fusing would copy the stacked weights apart), and do not save
-a fused model (the stacked weights and the layers' row slices of them share storage).
+projection for gate/up, SiLU x up, the down projection; the final norm is one kernel too. With
+``QuantizedLinear`` the projections are the fused dequant + GEMV kernels. Prefill (several tokens) keeps the
+layer's own path. Kernel selection stays automatic: on CPU the wrapped layers compute with the torch
+references. Fusing is a runtime transform: cast and move the model first (``.to`` after fusing would copy
+the stacked weights apart), and do not save a fused model (the stacked weights and the layers' row slices
+of them share storage).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..models.wam.modeling_wam import WamDecoderLayer, apply_rotary_pos_emb
+from ..models.wam.modeling_wam import WamDecoderLayer, WamRMSNorm, apply_rotary_pos_emb
 from . import kernels
 from .quantize import QuantizedLinear
 
@@ -115,10 +116,25 @@ def _norm(norm: nn.Module) -> tuple[Tensor, float]:
     return norm.weight, norm.eps  # type: ignore[return-value]
 
 
+class FusedRMSNorm(nn.Module):
+    """A ``WamRMSNorm`` (its weight, shared) as one kernel: the trunk's final norm, which a decode step runs
+    before the action head."""
+
+    def __init__(self, norm: WamRMSNorm) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: Tensor) -> Tensor:
+        return kernels.rmsnorm(x, *_norm(self.norm))
+
+
 def fuse_decoder(model: nn.Module) -> nn.Module:
-    """Wrap the decoder layers of a ``WamForActionPrediction`` (or ``WamModel``) in place; returns the model."""
+    """Wrap the decoder layers and the final norm of a ``WamForActionPrediction`` (or ``WamModel``) in place;
+    returns the model."""
     trunk = getattr(model, "model", model)
     for i, layer in enumerate(trunk.layers):
         if isinstance(layer, WamDecoderLayer):
             trunk.layers[i] = FusedDecoderLayer(layer)
+    if isinstance(trunk.norm, WamRMSNorm):
+        trunk.norm = FusedRMSNorm(trunk.norm)
     return model

@@ -123,34 +123,45 @@ class LoopPrefillGraph(PrefillGraph):
 
 class LoopStepGraph(nn.Module):
     """The Loop body: ``(i, token, prefill_mask, keys, values) -> (next_token, keys, values)`` decodes token
-    ``i + 1`` of the schedule from token ``i`` on the fixed-size cache. The (dimension, step) it predicts are
-    gathered from the schedule's tables by the iteration counter; the new key/value go into slot
-    ``first_slot + i``; attention reads the prefix keys ``prefill_mask`` marks and the slots decoded so far
-    (later slots are unmarked, so the mask is also causal). Fixed shapes keep the loop-carried values
-    TensorRT-friendly (``ILoop`` recurrences cannot change shape)."""
+    ``i + 1`` of the schedule from token ``i`` on the fixed-size cache (``first_slot`` + the decoded tokens).
+    The new key/value go into slot ``first_slot + i``; attention reads the prefix keys ``prefill_mask`` marks
+    and the slots decoded so far (later slots are unmarked, so the mask is also causal). Fixed shapes keep
+    the loop-carried values TensorRT-friendly (``ILoop`` recurrences cannot change shape).
+
+    What depends on the iteration counter alone is tabulated once, at construction, from the weights then:
+    the embedding of the (dimension, step) each token predicts, the rotary cos/sin of its position and its
+    row of the causal mask. A step gathers one row of each instead of recomputing them (~25 small ops, each
+    a node in the graph or a kernel on a GPU, that a step would otherwise spend outside the layers)."""
 
     def __init__(self, model: WamForActionPrediction, dims: Tensor, steps: Tensor, first_slot: int, in_place: bool = False) -> None:
         super().__init__()
         self.model, self.first_slot, self.in_place = model, first_slot, in_place
         self.dequantize = True  # as in PrefillGraph
-        self.register_buffer("dims", dims[1:].clone(), persistent=False)
-        self.register_buffer("steps", steps[1:].clone(), persistent=False)
+        trunk, trips = model.model, dims.numel() - 1
+        slots = torch.arange(first_slot + trips, device=dims.device)
+        positions = slots[first_slot:]
+        with torch.no_grad():
+            slot_embeds = trunk.embed_action_slots(dims[1:], steps[1:])
+            cos, sin = trunk.rotary_emb(slot_embeds, positions[None])
+        self.register_buffer("slot_embeds", slot_embeds, persistent=False)  # [trips, hidden]
+        self.register_buffer("cos", cos[0], persistent=False)  # [trips, head_dim]
+        self.register_buffer("sin", sin[0], persistent=False)
+        self.register_buffer("causal", (slots[None] >= first_slot) & (slots[None] <= positions[:, None]), persistent=False)  # [trips, slots]
+        self.register_buffer("slots", slots, persistent=False)
 
     def forward(self, i: Tensor, token: Tensor, prefill_mask: Tensor, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``in_place``: the new key/value are written into ``keys``/``values`` themselves (returned as they
         are), for a runtime that keeps one cache buffer; otherwise new buffers are returned (ONNX ``Loop``)."""
         trunk, B = self.model.model, token.shape[0]
         index = i.reshape(1)
-        dim, step = (torch.index_select(t, 0, index).expand(B, 1) for t in (self.dims, self.steps))
+        hidden = trunk.embed_tokens(token) + torch.index_select(self.slot_embeds, 0, index)
+        cos, sin = (torch.index_select(t, 0, index).expand(B, 1, -1) for t in (self.cos, self.sin))
+        mask = prefill_mask | torch.index_select(self.causal, 0, index)
         position = index + self.first_slot
-        slots = torch.arange(keys.shape[3], device=keys.device)
-        mask = prefill_mask | ((slots >= self.first_slot) & (slots <= position))[None]
-        hidden = trunk.embed_actions(token, dim, step)
-        position_embeddings = trunk.rotary_emb(hidden, position.expand(B, 1))
-        cache = _SlotCache(keys, values, position if self.in_place else slots == position)
+        cache = _SlotCache(keys, values, position if self.in_place else self.slots == position)
         with _dequantized(self.model, self.dequantize):
             for layer in trunk.layers:
-                hidden = layer(hidden, position_embeddings, mask[:, None, None, :], cache)
+                hidden = layer(hidden, (cos, sin), mask[:, None, None, :], cache)
             logits = self.model.action_head(trunk.norm(hidden))[:, -1]
         if self.in_place:
             return _greedy(logits, self.model.config.action_bins), keys, values
@@ -656,17 +667,26 @@ def _compact_graph(proto: Any, prefix: str = "") -> None:
 
 
 def ort_session(path: str | os.PathLike, threads: int = 1) -> Any:
-    """An onnxruntime CPU session (``threads`` intra-op threads).
+    """An onnxruntime CPU session (``threads`` intra-op threads) that computes what the quantized PyTorch
+    model computes, as fast as onnxruntime's CPU kernels allow.
 
     onnxruntime fuses ``DequantizeLinear`` + ``MatMul`` into ``MatMulNBits``, by default quantizing the
     activations to int8 on the fly (logits then drift by ~1e-3 from PyTorch); accuracy level 1 keeps the
-    fused kernel but computes in float32, i.e. what the quantized PyTorch model computes."""
+    fused kernel in float32. That kernel is fast for int4 blocks, but at 8 bits it is ~2.5x slower than a
+    float32 MatMul on the tiny base, and fp8 is not fused at all (dequantized at every decode step). So
+    graphs without block quantization (int8, fp8) have their ``DequantizeLinear`` nodes constant-folded at
+    load: the file keeps its integer weights, the session holds float32 copies (the same arithmetic)."""
+    import onnx
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    graphs = _graphs(onnx.load(str(path), load_external_data=False).graph)
+    blocked = any(a.name == "block_size" and a.i > 0 for g in graphs for n in g.node if n.op_type == "DequantizeLinear" for a in n.attribute)
+    if not blocked:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

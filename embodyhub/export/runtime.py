@@ -77,7 +77,8 @@ class GraphedDecoder:
     the step is captured once per batch shape as a CUDA graph and replayed per token: at batch 1 a step is
     ~60-130 small kernels (2-8 fused layers) whose launch cost from Python would otherwise be several times
     their GPU time, and quantized layers run the fused kernels (no dequantized copy). Elsewhere (or
-    ``graph=False``) the same step runs eagerly."""
+    ``graph=False``) the same step runs eagerly. The step's per-token tables come from the weights at
+    construction: build a new decoder after changing them."""
 
     def __init__(self, model: WamForActionPrediction, processor: WamProcessor, embodiment: Embodiment | str, graph: bool | None = None) -> None:
         emb = processor.resolve(embodiment)

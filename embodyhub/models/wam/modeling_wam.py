@@ -245,12 +245,12 @@ class WamModel(WamPreTrainedModel):
 
     def embed_actions(self, input_ids: Tensor, action_dims: Tensor, action_steps: Tensor) -> Tensor:
         """Previous token + which (dimension, step) this position predicts."""
-        return (
-            self.embed_tokens(input_ids)
-            + self.dim_embed(action_dims.clamp_min(0))
-            + self.step_embed(action_steps.clamp_min(0))
-            + self.segment_embed.weight[SEGMENT_ACTION]
-        )
+        return self.embed_tokens(input_ids) + self.embed_action_slots(action_dims, action_steps)
+
+    def embed_action_slots(self, action_dims: Tensor, action_steps: Tensor) -> Tensor:
+        """The token-independent part of ``embed_actions``: which (dimension, step) a position predicts (a
+        decoder with a fixed schedule tabulates it once)."""
+        return self.dim_embed(action_dims.clamp_min(0)) + self.step_embed(action_steps.clamp_min(0)) + self.segment_embed.weight[SEGMENT_ACTION]
 
     def forward(
         self,
