@@ -298,8 +298,8 @@ def chunk_table(bandwidth: float, robot: str) -> None:
             reference = tokens if reference is None else reference
             print(f"{label:<6} {precision:<9} {row} {float((tokens == reference).float().mean()):>7.0%}")
     print("eager: GraphedDecoder without the CUDA graph (kernels launched one by one); chunk: GraphedDecoder end to end, wall "
-          "clock (host processor, prefill, one CUDA graph replay per further token); decode: GPU time of the prefill forward + "
-          "the replayed steps (the floor counts every token reading every weight once); step: GPU time per replayed step; "
+          "clock (host processor, then CUDA graph replays: the prefill, one per further token); decode: GPU time of the replayed "
+          "prefill + steps (the floor counts every token reading every weight once); step: GPU time per replayed step; "
           "graph=eager: same tokens both ways; vs bf16: token agreement with the bf16 model")
 
 
@@ -320,12 +320,9 @@ def chunk_row(cfg: dict, precision: str, processor, emb, q: torch.Tensor, goal: 
         torch.cuda.synchronize()
 
     chunk_ms, eager_ms = median_ms(lambda: chunk(decoder), 10), median_ms(lambda: chunk(eager), 1, warmup=1)
-    head = decoder.head(q, goal)
-    steps_ms = gpu_ms(lambda: decoder.decode(*head[:4]))
-    batch = {k: v.cuda() for k, v in processor({"state": q, "goal": goal}, emb).items() if isinstance(v, torch.Tensor)}
-    dims, steps = batch.pop("action_dims"), batch.pop("action_steps")
-    bos = torch.full((1, 1), model.config.bos_token_id, device="cuda")
-    prefill_ms = gpu_ms(lambda: model(bos, dims[:, :1], steps[:, :1], use_cache=True, **batch))
+    decoder.load(q, goal)
+    prefill_ms = gpu_ms(decoder.prefill)
+    steps_ms = gpu_ms(decoder.decode)
     step_us, floor_us = 1e3 * steps_ms / (length - 1), 1e6 * step_bytes / bandwidth
     decode_ms = prefill_ms + steps_ms
     return tokens, (f"{params / 1e6:>8.1f} {step_bytes / 1e6:>7.1f} {eager_ms:>8.1f} {chunk_ms:>8.2f} {decode_ms:>9.2f} {step_us:>7.1f} {floor_us:>8.1f} "

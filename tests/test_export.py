@@ -361,7 +361,44 @@ def test_graphed_decoder_replays_the_eager_steps_on_cuda():
     for seed in range(3):
         q, goal = example_inputs(emb, 2, seed)
         assert torch.equal(graphed(q, goal), eager(q, goal))
-    assert graphed._graph is not None
+    assert set(graphed._graphs) == {"prefill", "step"}
+    graphed.load(q, goal)
+    graphed.prefill()
+    assert torch.equal(graphed.decode(), graphed.decode())  # each decode starts again from the prefill
+
+
+@pytest.mark.parametrize("precision", ["float32", "int4"])
+def test_graphed_decoder_parts_are_capturable(precision):
+    """What a CUDA graph capture forbids, checked on CPU: the prefill and the step as the GPU runs them (fused
+    layers, no dequantized copy) call no op that reads a value back to the host or creates a tensor from
+    host data, and allocate nothing whose address a replay could not reuse (the caches are preallocated)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from embodyhub.export.fused import fuse_decoder
+    from embodyhub.export.runtime import GraphedDecoder
+
+    forbidden = ("aten._local_scalar_dense", "aten.nonzero", "aten.lift_fresh", "aten.masked_select", "aten.item")
+
+    class Ops(TorchDispatchMode):
+        seen: set[str] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    model, processor = tiny(seed=4)
+    quantize_model(model, QuantConfig(precision, group_size=16))
+    decoder = GraphedDecoder(fuse_decoder(model), processor, "panda")
+    decoder.dequantize = decoder.step.dequantize = False  # as on CUDA
+    with pytest.raises(EmbodyHubError, match="load"):
+        decoder.prefill()
+    q, goal = example_inputs(processor.resolve("panda"), 2)
+    decoder.load(q, goal)
+    with torch.no_grad(), Ops() as ops:
+        decoder._prefill()
+        decoder._advance()
+    assert not [op for op in ops.seen if op.startswith(forbidden)]
+    assert "aten.index_copy_.default" in ops.seen  # the step wrote its slot in place
 
 
 @pytest.mark.parametrize("precision", ["float32", "int4"])

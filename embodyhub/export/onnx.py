@@ -124,40 +124,52 @@ class LoopPrefillGraph(PrefillGraph):
 class LoopStepGraph(nn.Module):
     """The Loop body: ``(i, token, prefill_mask, keys, values) -> (next_token, keys, values)`` decodes token
     ``i + 1`` of the schedule from token ``i`` on the fixed-size cache (``first_slot`` + the decoded tokens).
-    The new key/value go into slot ``first_slot + i``; attention reads the prefix keys ``prefill_mask`` marks
-    and the slots decoded so far (later slots are unmarked, so the mask is also causal). Fixed shapes keep
-    the loop-carried values TensorRT-friendly (``ILoop`` recurrences cannot change shape).
+    The (dimension, step) it predicts are gathered from the schedule by the iteration counter; the new
+    key/value go into slot ``first_slot + i``; attention reads the prefix keys ``prefill_mask`` marks and the
+    slots decoded so far (later slots are unmarked, so the mask is also causal). Fixed shapes keep the
+    loop-carried values TensorRT-friendly (``ILoop`` recurrences cannot change shape).
 
-    What depends on the iteration counter alone is tabulated once, at construction, from the weights then:
-    the embedding of the (dimension, step) each token predicts, the rotary cos/sin of its position and its
-    row of the causal mask. A step gathers one row of each instead of recomputing them (~25 small ops, each
-    a node in the graph or a kernel on a GPU, that a step would otherwise spend outside the layers)."""
+    ``tables`` (for a GPU runtime): what depends on the counter alone is tabulated once, at construction,
+    from the weights then (the embedding of the (dimension, step) each token predicts, the rotary cos/sin of
+    its position, its row of the causal mask), and a step gathers one row of each instead of ~20 small
+    kernels. The ONNX body computes them instead: they would add ~40 KB to a tiny bundle for no measured
+    onnxruntime gain (TensorRT fuses such elementwise chains itself)."""
 
-    def __init__(self, model: WamForActionPrediction, dims: Tensor, steps: Tensor, first_slot: int, in_place: bool = False) -> None:
+    def __init__(
+        self, model: WamForActionPrediction, dims: Tensor, steps: Tensor, first_slot: int, in_place: bool = False, tables: bool = False
+    ) -> None:
         super().__init__()
-        self.model, self.first_slot, self.in_place = model, first_slot, in_place
+        self.model, self.first_slot, self.in_place, self.tables = model, first_slot, in_place, tables
         self.dequantize = True  # as in PrefillGraph
         trunk, trips = model.model, dims.numel() - 1
-        slots = torch.arange(first_slot + trips, device=dims.device)
-        positions = slots[first_slot:]
-        with torch.no_grad():
-            slot_embeds = trunk.embed_action_slots(dims[1:], steps[1:])
-            cos, sin = trunk.rotary_emb(slot_embeds, positions[None])
-        self.register_buffer("slot_embeds", slot_embeds, persistent=False)  # [trips, hidden]
-        self.register_buffer("cos", cos[0], persistent=False)  # [trips, head_dim]
-        self.register_buffer("sin", sin[0], persistent=False)
-        self.register_buffer("causal", (slots[None] >= first_slot) & (slots[None] <= positions[:, None]), persistent=False)  # [trips, slots]
-        self.register_buffer("slots", slots, persistent=False)
+        self.register_buffer("dims", dims[1:].clone(), persistent=False)
+        self.register_buffer("steps", steps[1:].clone(), persistent=False)
+        self.register_buffer("slots", torch.arange(first_slot + trips, device=dims.device), persistent=False)
+        if tables:
+            positions = self.slots[first_slot:]
+            with torch.no_grad():
+                slot_embeds = trunk.embed_action_slots(self.dims, self.steps)
+                cos, sin = trunk.rotary_emb(slot_embeds, positions[None])
+            self.register_buffer("slot_embeds", slot_embeds, persistent=False)  # [trips, hidden]
+            self.register_buffer("cos", cos[0], persistent=False)  # [trips, head_dim]
+            self.register_buffer("sin", sin[0], persistent=False)
+            self.register_buffer("causal", (self.slots[None] >= first_slot) & (self.slots[None] <= positions[:, None]), persistent=False)
 
     def forward(self, i: Tensor, token: Tensor, prefill_mask: Tensor, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``in_place``: the new key/value are written into ``keys``/``values`` themselves (returned as they
         are), for a runtime that keeps one cache buffer; otherwise new buffers are returned (ONNX ``Loop``)."""
         trunk, B = self.model.model, token.shape[0]
         index = i.reshape(1)
-        hidden = trunk.embed_tokens(token) + torch.index_select(self.slot_embeds, 0, index)
-        cos, sin = (torch.index_select(t, 0, index).expand(B, 1, -1) for t in (self.cos, self.sin))
-        mask = prefill_mask | torch.index_select(self.causal, 0, index)
         position = index + self.first_slot
+        if self.tables:
+            hidden = trunk.embed_tokens(token) + torch.index_select(self.slot_embeds, 0, index)
+            cos, sin = (torch.index_select(t, 0, index).expand(B, 1, -1) for t in (self.cos, self.sin))
+            mask = prefill_mask | torch.index_select(self.causal, 0, index)
+        else:
+            dim, step = (torch.index_select(t, 0, index).expand(B, 1) for t in (self.dims, self.steps))
+            hidden = trunk.embed_actions(token, dim, step)
+            cos, sin = trunk.rotary_emb(hidden, position.expand(B, 1))
+            mask = prefill_mask | ((self.slots >= self.first_slot) & (self.slots <= position))[None]
         cache = _SlotCache(keys, values, position if self.in_place else self.slots == position)
         with _dequantized(self.model, self.dequantize):
             for layer in trunk.layers:

@@ -21,7 +21,7 @@ from torch import Tensor
 from ..embodiment import Embodiment
 from ..errors import EmbodyHubError
 from ..models.wam import WamForActionPrediction, WamProcessor
-from .onnx import OUTPUT_NAMES, LoopStepGraph, example_inputs, loop_head, ort_session
+from .onnx import OUTPUT_NAMES, LoopStepGraph, _dequantized, _greedy, example_inputs, loop_head, ort_session
 from .thor import MANIFEST_NAME
 
 
@@ -72,46 +72,77 @@ class OnnxPolicy:
 
 
 class GraphedDecoder:
-    """Greedy chunk decoding for a GPU runtime, the bundle graph's algorithm in PyTorch: ``LoopPrefillGraph``
-    once, then every further token by ``LoopStepGraph`` on one fixed-size KV cache written in place. On CUDA
-    the step is captured once per batch shape as a CUDA graph and replayed per token: at batch 1 a step is
-    ~60-130 small kernels (2-8 fused layers) whose launch cost from Python would otherwise be several times
-    their GPU time, and quantized layers run the fused kernels (no dequantized copy). Elsewhere (or
-    ``graph=False``) the same step runs eagerly. The step's per-token tables come from the weights at
-    construction: build a new decoder after changing them."""
+    """Greedy chunk decoding for a GPU runtime, the bundle graph's algorithm in PyTorch: the prefix + BOS
+    forward writes the first slots of one fixed-size KV cache, then every further token is a
+    ``LoopStepGraph`` step writing the next slot in place. On CUDA the prefill and the step are each
+    captured once per batch shape as a CUDA graph, and a chunk is one prefill replay plus one step replay
+    per token: at batch 1 a step is ~40-110 small kernels (2-8 fused layers), the prefill a few hundred,
+    whose launch cost from Python would otherwise be several times their GPU time; quantized layers run the
+    fused kernels (no dequantized copy). Elsewhere (or ``graph=False``) the same code runs eagerly. The
+    step's per-token tables come from the weights at construction: build a new decoder after changing them.
+
+    ``decoder(q, goal)`` is ``load`` (the processor on the host, its outputs copied into static device
+    buffers), ``prefill`` and ``decode``; the parts are public so a benchmark can time them apart."""
 
     def __init__(self, model: WamForActionPrediction, processor: WamProcessor, embodiment: Embodiment | str, graph: bool | None = None) -> None:
-        emb = processor.resolve(embodiment)
-        dims, steps = processor.schedule(emb)
+        self.model, self.processor, self.embodiment = model.eval(), processor, processor.resolve(embodiment)
+        dims, steps = processor.schedule(self.embodiment)
         self.length = dims.numel()
         cuda = model.device.type == "cuda"
         self.use_graph = cuda if graph is None else graph
-        self.head, first_slot = loop_head(model.eval(), processor, emb)
-        self.step = LoopStepGraph(model, dims.to(model.device), steps.to(model.device), first_slot, in_place=True)
-        self.head.dequantize = self.step.dequantize = not cuda
-        self._buffers: dict[str, Tensor] = {}
-        self._shapes: tuple[torch.Size, ...] = ()
-        self._graph: Any = None
+        head, first_slot = loop_head(model, processor, self.embodiment)
+        self.slots = head.slots
+        self.step = LoopStepGraph(model, dims.to(model.device), steps.to(model.device), first_slot, in_place=True, tables=True)
+        self.dequantize = self.step.dequantize = not cuda  # on CUDA the fused kernels read the quantized weights
+        self._buffers: dict[str, Any] = {}
+        self._shapes: tuple[tuple[str, torch.Size], ...] = ()
+        self._graphs: dict[str, Any] = {}
 
     @torch.no_grad()
     def __call__(self, q: Tensor, goal: Tensor) -> Tensor:
         """Action tokens ``[B, L]`` for joint state ``q [B, dof]`` and goals ``[B, arms, 4, 4]`` (host tensors)."""
-        token, keys, values, mask, _ = self.head(q, goal)
-        return self.decode(token, keys, values, mask)
+        self.load(q, goal)
+        self.prefill()
+        return self.decode()
+
+    def load(self, q: Tensor, goal: Tensor) -> None:
+        """The processor's prefix inputs for ``(q, goal)`` into the static buffers (allocated, and the graphs
+        captured, for each new batch shape)."""
+        batch = self.processor({"state": q, "goal": goal}, self.embodiment)
+        inputs = {k: v for k, v in batch.items() if isinstance(v, Tensor)}
+        inputs["action_dims"], inputs["action_steps"] = inputs["action_dims"][:, :1], inputs["action_steps"][:, :1]
+        shapes = tuple((k, v.shape) for k, v in inputs.items())
+        if shapes != self._shapes:
+            self._allocate(inputs)
+            self._shapes = shapes
+        for name, value in inputs.items():
+            self._buffers["inputs"][name].copy_(value)
 
     @torch.no_grad()
-    def decode(self, token: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> Tensor:
-        """The tokens after the prefill (``LoopPrefillGraph``'s outputs): ``length - 1`` steps."""
-        if self._shapes != (token.shape, keys.shape, mask.shape):
-            self._allocate(token, keys, values, mask)
+    def prefill(self) -> None:
+        """The prefix + BOS forward on the loaded inputs: the cache's first slots, its key mask, the first token."""
+        if not self._buffers:
+            raise EmbodyHubError("GraphedDecoder.prefill needs inputs: call load(q, goal) first")
+        self._graphs["prefill"].replay() if "prefill" in self._graphs else self._prefill()
+
+    @torch.no_grad()
+    def decode(self) -> Tensor:
+        """The chunk's tokens after ``prefill``: ``length - 1`` steps from the first token (repeatable: each
+        call starts again from the prefill's outputs)."""
         b = self._buffers
         b["i"].zero_()
-        for name, value in (("token", token), ("keys", keys), ("values", values), ("mask", mask)):
-            b[name].copy_(value)
-        b["tokens"][:, :1] = token
+        b["token"].copy_(b["first"])
         for _ in range(self.length - 1):
-            self._graph.replay() if self._graph is not None else self._advance()
+            self._graphs["step"].replay() if "step" in self._graphs else self._advance()
         return b["tokens"].clone()
+
+    def _prefill(self) -> None:
+        b = self._buffers
+        with _dequantized(self.model, self.dequantize):
+            out = self.model(b["bos"], cache=_PrefixCache(b["keys"], b["values"]), use_cache=True, **b["inputs"])
+        b["mask"][:, : out.attention_mask.shape[1]].copy_(out.attention_mask)
+        b["first"].copy_(_greedy(out.logits[:, -1], self.model.config.action_bins))
+        b["tokens"][:, :1].copy_(b["first"])
 
     def _advance(self) -> None:
         b = self._buffers
@@ -120,25 +151,56 @@ class GraphedDecoder:
         b["i"].add_(1)
         b["tokens"].index_copy_(1, b["i"].reshape(1), token)
 
-    def _allocate(self, token: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> None:
-        """Static buffers for these shapes (a CUDA graph replays on fixed addresses), and the step's graph."""
+    def _allocate(self, inputs: dict[str, Tensor]) -> None:
+        """Static buffers for this batch shape (a CUDA graph replays on fixed addresses), then the graphs."""
+        cfg, device = self.model.config, self.model.device
+        B = inputs["state"].shape[0]
+        cache = (cfg.num_hidden_layers, B, cfg.num_attention_heads, self.slots, cfg.hidden_size // cfg.num_attention_heads)
+        dtype = self.model.model.embed_tokens.weight.dtype
+        tokens = {name: torch.zeros(B, 1, dtype=torch.long, device=device) for name in ("first", "token")}
         self._buffers = {
-            "i": torch.zeros((), dtype=torch.long, device=token.device), "token": token.clone(), "keys": keys.clone(),
-            "values": values.clone(), "mask": mask.clone(), "tokens": token.new_zeros(token.shape[0], self.length),
+            "inputs": {k: v.to(device, copy=True) for k, v in inputs.items()},
+            "bos": torch.full((B, 1), cfg.bos_token_id, dtype=torch.long, device=device),
+            "keys": torch.zeros(cache, dtype=dtype, device=device), "values": torch.zeros(cache, dtype=dtype, device=device),
+            "mask": torch.zeros(B, self.slots, dtype=torch.bool, device=device), **tokens,
+            "i": torch.zeros((), dtype=torch.long, device=device), "tokens": torch.zeros(B, self.length, dtype=torch.long, device=device),
         }
-        self._shapes, self._graph = (token.shape, keys.shape, mask.shape), None
-        if not self.use_graph or self.length < 2:
+        self._graphs = {}
+        if not self.use_graph:
             return
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up outside the capture: compiles the Triton kernels
+        with torch.cuda.stream(side), torch.no_grad():  # warm-up outside the capture: compiles the Triton kernels
             for _ in range(2):
+                self._prefill()
                 self._buffers["i"].zero_()
                 self._advance()
         torch.cuda.current_stream().wait_stream(side)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph):
-            self._advance()
+        parts = {"prefill": self._prefill, **({"step": self._advance} if self.length > 1 else {})}
+        for name, part in parts.items():
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph), torch.no_grad():
+                part()
+            self._graphs[name] = graph
+
+
+class _PrefixCache:
+    """``GraphedDecoder``'s prefill cache: ``update`` (the ``Cache`` method ``WamAttention`` calls) writes a
+    layer's prefix keys/values into the first slots of the decoder's fixed-size buffers ``[layers, B, heads,
+    slots, head_dim]`` and returns them for attention over the prefix. No allocation that a CUDA graph could
+    not replay (``DynamicCache`` creates its tensors on first use)."""
+
+    def __init__(self, keys: Tensor, values: Tensor) -> None:
+        self.keys, self.values = keys, values
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
+
+    def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int) -> tuple[Tensor, Tensor]:
+        n = key_states.shape[2]
+        self.keys[layer_idx, :, :, :n].copy_(key_states)
+        self.values[layer_idx, :, :, :n].copy_(value_states)
+        return key_states, value_states
 
 
 def bench_bundle(bundle: str | os.PathLike, repeats: int = 20) -> list[dict[str, Any]]:

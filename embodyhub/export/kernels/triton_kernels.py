@@ -272,8 +272,9 @@ def _rows(x: Tensor) -> Tensor:
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
-def int8_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None = None) -> Tensor:
-    """Fused int8 dequant + matmul; matches ``reference.int8_linear``."""
+def int8_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None = None, gemv: dict[str, int] | None = None) -> Tensor:
+    """Fused int8 dequant + matmul; matches ``reference.int8_linear``. ``gemv`` overrides the GEMV launch
+    (``BLOCK_N``, ``BLOCK_K``, ``num_warps``, ``num_stages``), for block-size sweeps."""
     x2 = _rows(x)
     M, K = x2.shape
     N = qweight.shape[0]
@@ -281,17 +282,20 @@ def int8_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None =
     b = bias if bias is not None else scale
     if M <= GEMV_MAX_ROWS:
         block_n, block_k = _gemv_blocks(x2, N, K, 1024)
-        _int8_gemv_kernel[(triton.cdiv(N, block_n), M)](
-            x2, qweight, scale, b, y, N, K, x2.stride(0), y.stride(0), bias is not None, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=8,
-        )
+        launch = {"BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": 8, **(gemv or {})}
+        _int8_gemv_kernel[(triton.cdiv(N, launch["BLOCK_N"]), M)](x2, qweight, scale, b, y, N, K, x2.stride(0), y.stride(0), bias is not None, **launch)
     else:
         grid = (triton.cdiv(M, 32), triton.cdiv(N, 64))
         _int8_gemm_kernel[grid](x2, qweight, scale, b, y, M, N, K, x2.stride(0), y.stride(0), bias is not None, BLOCK_M=32, BLOCK_N=64, BLOCK_K=32)
     return y.reshape(*x.shape[:-1], N)
 
 
-def int4_linear(x: Tensor, qweight: Tensor, scale: Tensor, zero: Tensor, group_size: int, bias: Tensor | None = None) -> Tensor:
-    """Fused int4 (group-wise, half-split packing) dequant + matmul; matches ``reference.int4_linear``."""
+def int4_linear(
+    x: Tensor, qweight: Tensor, scale: Tensor, zero: Tensor, group_size: int, bias: Tensor | None = None, gemv: dict[str, int] | None = None
+) -> Tensor:
+    """Fused int4 (group-wise, half-split packing) dequant + matmul; matches ``reference.int4_linear``.
+    ``gemv`` overrides the grouped GEMV launch (``BLOCK_N``, ``BLOCK_G`` groups per load, ``num_warps``,
+    ``num_stages``), for block-size sweeps."""
     x2 = _rows(x)
     M, K = x2.shape
     N, KH = qweight.shape
@@ -300,9 +304,9 @@ def int4_linear(x: Tensor, qweight: Tensor, scale: Tensor, zero: Tensor, group_s
     groups = scale.shape[1]
     if M <= GEMV_MAX_ROWS and K == 2 * KH and KH % group_size == 0 and group_size == triton.next_power_of_2(group_size):
         block_n, block_k = _gemv_blocks(x2, N, KH, 512)
-        _int4_gemv_grouped_kernel[(triton.cdiv(N, block_n), M)](
-            x2, qweight, scale, zero, b, y, N, KH, groups, x2.stride(0), y.stride(0), bias is not None,
-            GROUP=group_size, BLOCK_N=block_n, BLOCK_G=max(1, block_k // group_size),
+        launch = {"BLOCK_N": block_n, "BLOCK_G": max(1, block_k // group_size), **(gemv or {})}
+        _int4_gemv_grouped_kernel[(triton.cdiv(N, launch["BLOCK_N"]), M)](
+            x2, qweight, scale, zero, b, y, N, KH, groups, x2.stride(0), y.stride(0), bias is not None, GROUP=group_size, **launch,
         )
     elif M <= GEMV_MAX_ROWS:
         block_n, block_k = _gemv_blocks(x2, N, KH, 256)

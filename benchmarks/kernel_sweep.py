@@ -1,0 +1,146 @@
+"""Launch-configuration sweep of the fused batch-1 GEMV kernels (int8, grouped int4) on this GPU.
+
+Peer: bf16 torch (``F.linear``) on the same shape. For each shape it prints the GPU time per call of bf16
+torch, of the kernel as ``int8_linear``/``int4_linear`` launch it by default (``_gemv_blocks``), and of the
+fastest configurations (rows per program, columns or groups per load, warps, pipeline stages), each
+timed like ``benchmarks/export.py``'s GEMV table (copies of the layer in one CUDA graph, L2 flushed).
+Every configuration's output is first checked against the torch reference; one that misses is reported
+and not timed. The default shape is the largest Linear of the 136M-parameter BIG WAM (1024 x 4096, ~2 minutes
+on an H200); the space includes whole rows per load (a program then reads its rows in one pass).
+
+    python benchmarks/kernel_sweep.py [--shapes 1024x4096,2048x8192] [--top 5]
+    TRITON_INTERPRET=1 python benchmarks/kernel_sweep.py --check   # no GPU: every configuration vs the reference, small shapes
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+from collections.abc import Callable
+
+import torch
+
+from embodyhub.export.kernels import reference
+from embodyhub.export.quantize import DEFAULT_GROUP_SIZE, QuantizedLinear
+
+SMALL = [(48, 512), (40, 1024)]  # --check shapes (N x K): whole groups, rows that do not fill the last block
+
+
+def configs(precision: str, N: int, K: int, group: int) -> list[dict[str, int]]:
+    """The launch space for one shape: loads from a quarter row up to whole rows (capped by the register
+    budget of 64 KB of weights per program), 2-8 rows per program, 4 or 8 warps, 1 or 3 stages."""
+    if precision == "int4":
+        half_groups = K // 2 // group
+        widths = [g for g in (1, 2, 4, 8, 16, 32) if g <= half_groups and g * group <= 4096]
+        space = [{"BLOCK_G": g} for g in widths[-3:]]
+        row_bytes = [c["BLOCK_G"] * group for c in space]
+    else:
+        widths = [k for k in (256, 512, 1024, 2048, 4096, 8192) if k <= max(256, K)]
+        space = [{"BLOCK_K": k} for k in widths[-4:]]
+        row_bytes = [c["BLOCK_K"] for c in space]
+    out = []
+    for (load, width), rows, warps, stages in itertools.product(zip(space, row_bytes), (2, 4, 8), (4, 8), (1, 3)):
+        if rows * width <= 65536:
+            out.append({**load, "BLOCK_N": rows, "num_warps": warps, "num_stages": stages})
+    return out
+
+
+def layer(precision: str, N: int, K: int, device: str, dtype: torch.dtype) -> QuantizedLinear:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(K, N, bias=False, device=device)
+    return QuantizedLinear.from_linear(linear, precision, DEFAULT_GROUP_SIZE).to(dtype)
+
+
+def call(m: QuantizedLinear, x: torch.Tensor, gemv: dict[str, int] | None) -> torch.Tensor:
+    from embodyhub.export.kernels import triton_kernels as tk
+
+    if m.precision == "int8":
+        return tk.int8_linear(x, m.qweight, m.scale, None, gemv)
+    return tk.int4_linear(x, m.qweight, m.scale, m.zero, m.group_size, None, gemv)
+
+
+def want(m: QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
+    if m.precision == "int8":
+        return reference.int8_linear(x, m.qweight, m.scale)
+    return reference.int4_linear(x, m.qweight, m.scale, m.zero, m.group_size)
+
+
+def matches(m: QuantizedLinear, x: torch.Tensor, gemv: dict[str, int] | None) -> bool:
+    ref = want(m, x).float()
+    return bool(((call(m, x, gemv).float() - ref).abs().max() <= 2e-2 * ref.abs().max() + 1e-3).item())
+
+
+def label(gemv: dict[str, int]) -> str:
+    load = f"BG{gemv['BLOCK_G']}" if "BLOCK_G" in gemv else f"BK{gemv['BLOCK_K']}"
+    return f"BN{gemv['BLOCK_N']} {load} W{gemv['num_warps']} S{gemv['num_stages']}"
+
+
+def check(args: argparse.Namespace) -> None:
+    """Every configuration's output against the reference, on CPU tensors under Triton's interpreter."""
+    bad = total = 0
+    for precision, (N, K) in itertools.product(("int8", "int4"), SMALL):
+        m, x = layer(precision, N, K, "cpu", torch.float32), torch.randn(1, K)
+        for gemv in configs(precision, N, K, m.group_size):
+            total += 1
+            if not matches(m, x, gemv):
+                bad += 1
+                print(f"MISMATCH {precision} {N}x{K} {label(gemv)}")
+    print(f"{total - bad}/{total} configurations match the reference")
+
+
+def sweep(args: argparse.Namespace) -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from export import streamed_us
+
+    print(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}; GPU us per call (copies of the layer in one CUDA graph, L2 flushed)")
+    for shape in args.shapes.split(","):
+        N, K = (int(v) for v in shape.split("x"))
+        x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
+        w16 = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
+        copies = min(512, max(8, (256 << 20) // w16.nbytes))
+        weights = [w16.clone() for _ in range(copies)]
+        bf16 = streamed_us([lambda w=w: torch.nn.functional.linear(x, w) for w in weights])
+        del weights
+        for precision in ("int8", "int4"):
+            m = layer(precision, N, K, "cuda", torch.bfloat16)
+            layers = [copy.deepcopy(m) for _ in range(copies)]
+
+            def timed(gemv: dict[str, int] | None, layers: list[QuantizedLinear] = layers) -> float:
+                calls: list[Callable[[], object]] = [lambda q=q: call(q, x, gemv) for q in layers]
+                return streamed_us(calls)
+
+            default = timed(None)
+            rows, failed = [], []
+            for gemv in configs(precision, N, K, m.group_size):
+                try:
+                    if not matches(m, x, gemv):
+                        failed.append(f"{label(gemv)} (wrong output)")
+                        continue
+                    rows.append((timed(gemv), label(gemv)))
+                except Exception as error:  # noqa: BLE001  (a configuration the compiler rejects is reported, not fatal)
+                    failed.append(f"{label(gemv)} ({type(error).__name__})")
+            rows.sort()
+            best = "; ".join(f"{us:.2f} us {name} ({bf16 / us:.2f}x)" for us, name in rows[: args.top])
+            print(f"{precision} {N} x {K}: bf16 torch {bf16:.2f} us, default {default:.2f} us ({bf16 / default:.2f}x); best: {best}", flush=True)
+            if failed:
+                print(f"  not timed: {', '.join(failed)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default="1024x4096", help="comma-separated N x K (out x in features)")
+    parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--check", action="store_true", help="check every configuration against the reference (CPU, interpreter)")
+    args = parser.parse_args()
+    if args.check or not torch.cuda.is_available():
+        check(args)
+    else:
+        sweep(args)
+
+
+if __name__ == "__main__":
+    main()
