@@ -392,6 +392,8 @@ def test_graphed_decoder_parts_are_capturable(precision):
     decoder.dequantize = decoder.step.dequantize = False  # as on CUDA
     with pytest.raises(EmbodyHubError, match="load"):
         decoder.prefill()
+    with pytest.raises(EmbodyHubError, match="CUDA device"):
+        GraphedDecoder(model, processor, "panda", graph=True)
     q, goal = example_inputs(processor.resolve("panda"), 2)
     decoder.load(q, goal)
     with torch.no_grad(), Ops() as ops:

@@ -76,10 +76,11 @@ class GraphedDecoder:
     forward writes the first slots of one fixed-size KV cache, then every further token is a
     ``LoopStepGraph`` step writing the next slot in place. On CUDA the prefill and the step are each
     captured once per batch shape as a CUDA graph, and a chunk is one prefill replay plus one step replay
-    per token: at batch 1 a step is ~40-110 small kernels (2-8 fused layers), the prefill a few hundred,
-    whose launch cost from Python would otherwise be several times their GPU time; quantized layers run the
-    fused kernels (no dequantized copy). Elsewhere (or ``graph=False``) the same code runs eagerly. The
-    step's per-token tables come from the weights at construction: build a new decoder after changing them.
+    per token: at batch 1 a step is 34-94 small kernels (2-8 fused layers; ``benchmarks/step_kernels.py``),
+    the prefill a few hundred, whose launch cost from Python would otherwise be several times their GPU
+    time; quantized layers run the fused kernels (no dequantized copy). Elsewhere (or ``graph=False``) the
+    same code runs eagerly. The step's per-token tables come from the weights at construction: build a new
+    decoder after changing them.
 
     ``decoder(q, goal)`` is ``load`` (the processor on the host, its outputs copied into static device
     buffers), ``prefill`` and ``decode``; the parts are public so a benchmark can time them apart."""
@@ -89,6 +90,8 @@ class GraphedDecoder:
         dims, steps = processor.schedule(self.embodiment)
         self.length = dims.numel()
         cuda = model.device.type == "cuda"
+        if graph and not cuda:
+            raise EmbodyHubError(f"CUDA graphs need the model on a CUDA device (it is on {model.device}); use graph=False or None")
         self.use_graph = cuda if graph is None else graph
         head, first_slot = loop_head(model, processor, self.embodiment)
         self.slots = head.slots
