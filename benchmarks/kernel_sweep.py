@@ -56,8 +56,8 @@ def call(m: QuantizedLinear, x: torch.Tensor, gemv: dict[str, int] | None) -> to
     from embodyhub.export.kernels import triton_kernels as tk
 
     if m.precision == "int8":
-        return tk.int8_linear(x, m.qweight, m.scale, None, gemv)
-    return tk.int4_linear(x, m.qweight, m.scale, m.zero, m.group_size, None, gemv)
+        return tk.int8_linear(x, m.qweight, m.scale, gemv=gemv)
+    return tk.int4_linear(x, m.qweight, m.scale, m.zero, m.group_size, gemv=gemv)
 
 
 def want(m: QuantizedLinear, x: torch.Tensor) -> torch.Tensor:

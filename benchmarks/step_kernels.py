@@ -31,7 +31,7 @@ from embodyhub.models.wam import WamConfig, WamForActionPrediction, WamProcessor
 
 VIEWS = {"view", "_unsafe_view", "permute", "select", "slice", "expand", "t", "unsqueeze", "alias", "split", "unbind", "squeeze",
          "transpose", "reshape", "detach", "split_with_sizes", "as_strided"}
-FUSED = ("rmsnorm", "add_rmsnorm", "rope_cache", "silu_mul", "decode_attention", "int8_linear", "int4_linear")
+FUSED = ("rmsnorm", "add_rmsnorm", "rope_cache", "silu_mul", "decode_attention", "int8_linear", "int4_linear", "linear", "step_inputs", "greedy_advance")
 
 
 class KernelCount(TorchDispatchMode):

@@ -69,6 +69,8 @@ def test_int8_linear_matches_reference(m, k, n, bias):
     got = tk.int8_linear(*args).cpu()
     want = reference.int8_linear(x, q, s, b)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    r = torch.randn(m, n, generator=g)  # the residual add in the epilogue (GEMV) or after it (GEMM)
+    torch.testing.assert_close(tk.int8_linear(*args, residual=r.to(DEVICE)).cpu(), want + r, rtol=1e-4, atol=1e-4)
     # and the reference really is the dequantized matmul, close to the float layer
     assert (want - torch.nn.functional.linear(x, w, b)).abs().max() < 0.05 * k**0.5
 
@@ -85,6 +87,20 @@ def test_int4_linear_matches_reference(m, k, n, group_size):
     got = tk.int4_linear(x.to(DEVICE), q.to(DEVICE), s.to(DEVICE), z.to(DEVICE), group_size, b.to(DEVICE)).cpu()
     want = reference.int4_linear(x, q, s, z, group_size, b)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    r = torch.randn(m, n, generator=g)
+    got = tk.int4_linear(x.to(DEVICE), q.to(DEVICE), s.to(DEVICE), z.to(DEVICE), group_size, b.to(DEVICE), r.to(DEVICE)).cpu()
+    torch.testing.assert_close(got, reference.int4_linear(x, q, s, z, group_size, b, r), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(reference.int4_linear(x, q, s, z, group_size, b, r), want + r, rtol=0, atol=0)
+
+
+@in_process
+@pytest.mark.parametrize("m,k,n", [(1, 37, 29), (3, 64, 16)])
+def test_float_linear_with_residual_matches_reference(m, k, n):
+    g = _gen(m + k + n)
+    x, w, r = torch.randn(m, 1, k, generator=g), torch.randn(n, k, generator=g), torch.randn(m, 1, n, generator=g)
+    got = tk.linear(x.to(DEVICE), w.to(DEVICE), None, r.to(DEVICE)).cpu()
+    torch.testing.assert_close(got, reference.linear(x, w, None, r), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(reference.linear(x, w, None, r), r + torch.nn.functional.linear(x, w), rtol=0, atol=0)
 
 
 @in_process
@@ -168,6 +184,44 @@ def test_decode_attention_matches_reference(b, h, t, d):
 
 
 @in_process
+@pytest.mark.parametrize("b,h,d,t", [(1, 37, 10, 5), (3, 1100, 16, 1030), (2, 64, 128, 97)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_step_inputs_match_reference(b, h, d, t, dtype):
+    g = _gen(b * 13 + h + d + t)
+    steps, vocab = 6, 50
+    embed, slot_embeds = torch.randn(vocab, h, generator=g).to(dtype), torch.randn(steps, h, generator=g).to(dtype)
+    cos, sin = torch.randn(2, steps, d, generator=g).to(dtype)
+    causal, prefill = torch.rand(steps, t, generator=g) > 0.5, torch.rand(b, t, generator=g) > 0.5
+    token, i = torch.randint(0, vocab, (b, 1), generator=g), torch.tensor(steps - 2)
+    want = reference.step_inputs(token, i, embed, slot_embeds, cos, sin, causal, prefill)
+    got = tk.step_inputs(*(x.to(DEVICE) for x in (token, i, embed, slot_embeds, cos, sin, causal, prefill)))
+    tol = 0 if dtype == torch.float32 else 1e-2  # bfloat16: the interpreter truncates where a GPU rounds to nearest
+    torch.testing.assert_close(got[0].cpu(), want[0], rtol=tol, atol=tol)
+    for got_t, want_t in zip(got[1:], want[1:]):
+        assert got_t.shape == want_t.shape and torch.equal(got_t.cpu(), want_t)
+    # the reference is the model's own step input (embed_actions = token + slot embedding)
+    assert torch.equal(want[0][:, 0], embed[token[:, 0]] + slot_embeds[steps - 2])
+
+
+@in_process
+@pytest.mark.parametrize("b,vocab,bins", [(1, 40, 33), (3, 300, 256), (2, 9, 9)])
+def test_greedy_advance_matches_reference(b, vocab, bins):
+    g = _gen(b + vocab + bins)
+    logits = torch.randn(b, vocab, generator=g)
+    logits[0, 3] = logits[0, 5] = logits[0, :bins].max() + 1  # a tie: the first index wins
+    logits[:, bins:] = 100.0  # beyond the action bins: never picked
+    length, i = 7, torch.tensor(2)
+    token, tokens = torch.zeros(b, 1, dtype=torch.long), torch.randint(0, bins, (b, length), generator=g)
+    want = [token.clone(), tokens.clone(), i.clone()]
+    reference.greedy_advance(logits, bins, *want)
+    got = [t.clone().to(DEVICE) for t in (token, tokens, i)]
+    tk.greedy_advance(logits.to(DEVICE), bins, *got)
+    for got_t, want_t in zip(got, want):
+        assert torch.equal(got_t.cpu(), want_t)
+    assert want[0][0, 0] == 3 and want[2] == 3 and torch.equal(want[1][:, 3:4], want[0]) and torch.equal(want[1][:, :3], tokens[:, :3])
+
+
+@in_process
 def test_dispatch_picks_reference_on_cpu_and_when_forced(monkeypatch):
     x = torch.randn(2, 8)
     monkeypatch.delenv("EMBODYHUB_KERNELS", raising=False)
@@ -211,3 +265,28 @@ def test_quantized_fused_wam_decodes_the_same_tokens_through_the_triton_kernels(
     got = model.sample_action_tokens(dims, steps, imagine=True, **inputs)
     assert torch.equal(got["tokens"], want["tokens"])
     torch.testing.assert_close(got["world"], want["world"], rtol=1e-4, atol=1e-5)
+
+
+@in_process
+@torch.no_grad()
+def test_graphed_decoder_decodes_the_same_tokens_through_the_triton_kernels(monkeypatch):
+    """The GPU runtime's step end to end through the Triton kernels (step inputs from the tables, fused
+    layers, greedy pick and bookkeeping), as on CUDA but eager: the tokens of the torch references."""
+    from embodyhub.embodiment import load_robot
+    from embodyhub.export import GraphedDecoder, QuantConfig, quantize_model
+    from embodyhub.export.fused import fuse_decoder
+    from embodyhub.export.onnx import example_inputs
+    from embodyhub.models.wam import WamConfig, WamForActionPrediction, WamProcessor
+
+    torch.manual_seed(1)
+    processor = WamProcessor(chunk_length=1)
+    emb = load_robot("panda")
+    model = WamForActionPrediction(WamConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48, chunk_length=1))
+    quantize_model(model.eval(), QuantConfig("int4", group_size=16))
+    decoder = GraphedDecoder(fuse_decoder(model.to(DEVICE)), processor, emb)
+    decoder.dequantize = decoder.step.dequantize = False  # as on CUDA
+    q, goal = example_inputs(emb, 2)
+    monkeypatch.setenv("EMBODYHUB_KERNELS", "torch")
+    want = decoder(q, goal)
+    monkeypatch.setenv("EMBODYHUB_KERNELS", "triton")
+    assert torch.equal(decoder(q, goal), want)

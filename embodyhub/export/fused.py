@@ -3,12 +3,12 @@
 ``fuse_decoder(model)`` wraps every ``WamDecoderLayer`` so that a one-token decode step is a short chain of
 kernels, each reading its weights once: RMSNorm, one projection for q/k/v (their weights stacked by rows),
 rotary embedding + KV-cache write, decode attention, the output projection, residual add + RMSNorm, one
-projection for gate/up, SiLU x up, the down projection; the final norm is one kernel too. With
-``QuantizedLinear`` the projections are the fused dequant + GEMV kernels. Prefill (several tokens) keeps the
-layer's own path. Kernel selection stays automatic: on CPU the wrapped layers compute with the torch
-references. Fusing is a runtime transform: cast and move the model first (``.to`` after fusing would copy
-the stacked weights apart), and do not save a fused model (the stacked weights and the layers' row slices
-of them share storage).
+projection for gate/up, SiLU x up, the down projection with the residual add in its epilogue; the final norm
+is one kernel too. With ``QuantizedLinear`` the projections are the fused dequant + GEMV kernels. Prefill
+(several tokens) keeps the layer's own path. Kernel selection stays automatic: on CPU the wrapped layers
+compute with the torch references. Fusing is a runtime transform: cast and move the model first (``.to``
+after fusing would copy the stacked weights apart), and do not save a fused model (the stacked weights and
+the layers' row slices of them share storage).
 """
 
 from __future__ import annotations
@@ -109,7 +109,17 @@ class FusedDecoderLayer(nn.Module):
             q = q4[:, :, 0]
         out = kernels.decode_attention(q, keys, values, attention_mask[:, 0, -1, :])
         normed, h = kernels.add_rmsnorm(attn.o_proj(out.reshape(B, 1, -1)), hidden_states, *_norm(layer.post_attention_layernorm))
-        return h + layer.mlp.down_proj(kernels.silu_mul(self.gate_up(normed)))
+        return _plus_linear(layer.mlp.down_proj, kernels.silu_mul(self.gate_up(normed)), h)
+
+
+def _plus_linear(linear: nn.Module, x: Tensor, residual: Tensor) -> Tensor:
+    """``residual + linear(x)`` with the add in the projection's epilogue where the layer allows (one kernel
+    on CUDA: the quantized GEMV, or ``addmm`` for a float Linear); any other module adds separately."""
+    if isinstance(linear, QuantizedLinear):
+        return linear(x, residual)
+    if type(linear) is nn.Linear:
+        return kernels.linear(x, linear.weight, linear.bias, residual)
+    return residual + linear(x)
 
 
 def _norm(norm: nn.Module) -> tuple[Tensor, float]:

@@ -37,6 +37,7 @@ from transformers.cache_utils import DynamicCache
 
 from ..embodiment import Embodiment
 from ..models.wam import WamForActionPrediction, WamProcessor
+from . import kernels
 from .quantize import QuantizedLinear, dequantize_once
 
 INPUT_NAMES = ["q", "goal"]
@@ -131,8 +132,8 @@ class LoopStepGraph(nn.Module):
 
     ``tables`` (for a GPU runtime): what depends on the counter alone is tabulated once, at construction,
     from the weights then (the embedding of the (dimension, step) each token predicts, the rotary cos/sin of
-    its position, its row of the causal mask), and a step gathers one row of each instead of ~20 small
-    kernels. The ONNX body computes them instead: they would add ~40 KB to a tiny bundle for no measured
+    its position, its row of the causal mask), and a step gathers one row of each (``kernels.step_inputs``:
+    one kernel on CUDA instead of ~20). The ONNX body computes them instead: they would add ~40 KB to a tiny bundle for no measured
     onnxruntime gain (TensorRT fuses such elementwise chains itself)."""
 
     def __init__(
@@ -158,13 +159,23 @@ class LoopStepGraph(nn.Module):
     def forward(self, i: Tensor, token: Tensor, prefill_mask: Tensor, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``in_place``: the new key/value are written into ``keys``/``values`` themselves (returned as they
         are), for a runtime that keeps one cache buffer; otherwise new buffers are returned (ONNX ``Loop``)."""
+        logits, cache = self._decode(i, token, prefill_mask, keys, values)
+        if self.in_place:
+            return _greedy(logits, self.model.config.action_bins), keys, values
+        return _greedy(logits, self.model.config.action_bins), torch.stack(cache.keys), torch.stack(cache.values)
+
+    def logits(self, i: Tensor, token: Tensor, prefill_mask: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+        """The step's action logits ``[B, vocab]`` (the cache written in place), for a runtime that picks and
+        records the token itself (``kernels.greedy_advance``)."""
+        return self._decode(i, token, prefill_mask, keys, values)[0]
+
+    def _decode(self, i: Tensor, token: Tensor, prefill_mask: Tensor, keys: Tensor, values: Tensor) -> tuple[Tensor, _SlotCache]:
         trunk, B = self.model.model, token.shape[0]
         index = i.reshape(1)
         position = index + self.first_slot
         if self.tables:
-            hidden = trunk.embed_tokens(token) + torch.index_select(self.slot_embeds, 0, index)
-            cos, sin = (torch.index_select(t, 0, index).expand(B, 1, -1) for t in (self.cos, self.sin))
-            mask = prefill_mask | torch.index_select(self.causal, 0, index)
+            tables = (self.slot_embeds, self.cos, self.sin, self.causal)
+            hidden, cos, sin, mask = kernels.step_inputs(token, i, trunk.embed_tokens.weight, *tables, prefill_mask)
         else:
             dim, step = (torch.index_select(t, 0, index).expand(B, 1) for t in (self.dims, self.steps))
             hidden = trunk.embed_actions(token, dim, step)
@@ -174,10 +185,7 @@ class LoopStepGraph(nn.Module):
         with _dequantized(self.model, self.dequantize):
             for layer in trunk.layers:
                 hidden = layer(hidden, (cos, sin), mask[:, None, None, :], cache)
-            logits = self.model.action_head(trunk.norm(hidden))[:, -1]
-        if self.in_place:
-            return _greedy(logits, self.model.config.action_bins), keys, values
-        return _greedy(logits, self.model.config.action_bins), torch.stack(cache.keys), torch.stack(cache.values)
+            return self.model.action_head(trunk.norm(hidden))[:, -1], cache
 
 
 class _SlotCache:

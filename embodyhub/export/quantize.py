@@ -182,15 +182,17 @@ class QuantizedLinear(nn.Module):
         zero = self.zero if self.precision == "int4" else self.scale  # unused outside int4
         return _DequantizeTransposed.apply(self.qweight, self.scale, zero, self.precision, self.group_size, self.in_features)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """``x @ W.T + bias``, then ``+ residual`` if given (fused into the GEMV on CUDA: a decoder layer's
+        residual add costs no kernel of its own)."""
         if self.dequantized_t is not None:
             y = x @ self.dequantized_t.to(x.dtype)
-            return y if self.bias is None else y + self.bias.to(x.dtype)
+            return kernels.reference.plus_residual(y if self.bias is None else y + self.bias.to(x.dtype), residual)
         if self.precision == "int8":
-            return kernels.int8_linear(x, self.qweight, self.scale, self.bias)
+            return kernels.int8_linear(x, self.qweight, self.scale, self.bias, residual)
         if self.precision == "int4":
-            return kernels.int4_linear(x, self.qweight, self.scale, self.zero, self.group_size, self.bias)
-        return kernels.fp8_linear(x, self.qweight, self.scale, self.bias)
+            return kernels.int4_linear(x, self.qweight, self.scale, self.zero, self.group_size, self.bias, residual)
+        return kernels.fp8_linear(x, self.qweight, self.scale, self.bias, residual)
 
     def extra_repr(self) -> str:
         group = f", group_size={self.group_size}" if self.precision == "int4" else ""

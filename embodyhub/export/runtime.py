@@ -21,6 +21,7 @@ from torch import Tensor
 from ..embodiment import Embodiment
 from ..errors import EmbodyHubError
 from ..models.wam import WamForActionPrediction, WamProcessor
+from . import kernels
 from .onnx import OUTPUT_NAMES, LoopStepGraph, _dequantized, _greedy, example_inputs, loop_head, ort_session
 from .thor import MANIFEST_NAME
 
@@ -76,7 +77,7 @@ class GraphedDecoder:
     forward writes the first slots of one fixed-size KV cache, then every further token is a
     ``LoopStepGraph`` step writing the next slot in place. On CUDA the prefill and the step are each
     captured once per batch shape as a CUDA graph, and a chunk is one prefill replay plus one step replay
-    per token: at batch 1 a step is 34-94 small kernels (2-8 fused layers; ``benchmarks/step_kernels.py``),
+    per token: at batch 1 a step is 23-77 small kernels (2-8 fused layers; ``benchmarks/step_kernels.py``),
     the prefill a few hundred, whose launch cost from Python would otherwise be several times their GPU
     time; quantized layers run the fused kernels (no dequantized copy). Elsewhere (or ``graph=False``) the
     same code runs eagerly. The step's per-token tables come from the weights at construction: build a new
@@ -149,10 +150,8 @@ class GraphedDecoder:
 
     def _advance(self) -> None:
         b = self._buffers
-        token, _, _ = self.step(b["i"], b["token"], b["mask"], b["keys"], b["values"])
-        b["token"].copy_(token)
-        b["i"].add_(1)
-        b["tokens"].index_copy_(1, b["i"].reshape(1), token)
+        logits = self.step.logits(b["i"], b["token"], b["mask"], b["keys"], b["values"])
+        kernels.greedy_advance(logits, self.model.config.action_bins, b["token"], b["tokens"], b["i"])
 
     def _allocate(self, inputs: dict[str, Tensor]) -> None:
         """Static buffers for this batch shape (a CUDA graph replays on fixed addresses), then the graphs."""

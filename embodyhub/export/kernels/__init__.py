@@ -17,8 +17,8 @@ from torch import Tensor
 from . import reference
 
 __all__ = [
-    "add_rmsnorm", "backend", "decode_attention", "fp8_linear", "int4_linear", "int8_linear", "reference", "rmsnorm", "rope_cache",
-    "silu_mul", "triton_module",
+    "add_rmsnorm", "backend", "decode_attention", "fp8_linear", "greedy_advance", "int4_linear", "int8_linear", "linear", "reference", "rmsnorm",
+    "rope_cache", "silu_mul", "step_inputs", "triton_module",
 ]
 
 
@@ -46,19 +46,26 @@ def _impl(x: Tensor) -> ModuleType:
     return triton_module() if backend(x) == "triton" else reference  # type: ignore[return-value]
 
 
-def int8_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None = None) -> Tensor:
-    """int8 weight-only linear (per-channel scales)."""
-    return _impl(x).int8_linear(x, qweight, scale, bias)
+def int8_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None = None, residual: Tensor | None = None) -> Tensor:
+    """int8 weight-only linear (per-channel scales), ``+ residual`` if given."""
+    return _impl(x).int8_linear(x, qweight, scale, bias, residual)
 
 
-def int4_linear(x: Tensor, qweight: Tensor, scale: Tensor, zero: Tensor, group_size: int, bias: Tensor | None = None) -> Tensor:
-    """int4 weight-only linear (group-wise scale and integer zero point)."""
-    return _impl(x).int4_linear(x, qweight, scale, zero, group_size, bias)
+def int4_linear(
+    x: Tensor, qweight: Tensor, scale: Tensor, zero: Tensor, group_size: int, bias: Tensor | None = None, residual: Tensor | None = None
+) -> Tensor:
+    """int4 weight-only linear (group-wise scale and integer zero point), ``+ residual`` if given."""
+    return _impl(x).int4_linear(x, qweight, scale, zero, group_size, bias, residual)
 
 
-def fp8_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None = None) -> Tensor:
+def fp8_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None = None, residual: Tensor | None = None) -> Tensor:
     """fp8 (e4m3) weight-only linear: dequantize then matmul (no Triton kernel yet; TensorRT fuses it on Thor)."""
-    return reference.fp8_linear(x, qweight, scale, bias)
+    return reference.fp8_linear(x, qweight, scale, bias, residual)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, residual: Tensor | None = None) -> Tensor:
+    """A float Linear, ``+ residual`` if given (in the GEMM's epilogue on CUDA)."""
+    return _impl(x).linear(x, weight, bias, residual)
 
 
 def rmsnorm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -84,3 +91,15 @@ def silu_mul(gate_up: Tensor) -> Tensor:
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, scale: float | None = None) -> Tensor:
     """One query per head over a KV cache -> ``[B, H, D]``."""
     return _impl(q).decode_attention(q, k, v, valid, scale)
+
+
+def step_inputs(
+    token: Tensor, i: Tensor, embed: Tensor, slot_embeds: Tensor, cos: Tensor, sin: Tensor, causal: Tensor, prefill_mask: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A fixed-schedule decode step's ``(hidden, cos, sin, key mask)`` gathered from per-step tables."""
+    return _impl(embed).step_inputs(token, i, embed, slot_embeds, cos, sin, causal, prefill_mask)
+
+
+def greedy_advance(logits: Tensor, bins: int, token: Tensor, tokens: Tensor, i: Tensor) -> None:
+    """Greedy token into ``token`` and column ``i + 1`` of ``tokens``, then ``i += 1`` (in place)."""
+    _impl(logits).greedy_advance(logits, bins, token, tokens, i)

@@ -59,22 +59,33 @@ def e4m3_to_float(bits: Tensor) -> Tensor:
     return sign * torch.where(exponent > 0, normal, subnormal)
 
 
-def int8_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``x @ dequant(w).T + bias`` in ``x``'s dtype."""
-    return F.linear(x, dequantize_int8(qweight, scale).to(x.dtype), None if bias is None else bias.to(x.dtype))
+def int8_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None = None, residual: Tensor | None = None) -> Tensor:
+    """``x @ dequant(w).T + bias`` in ``x``'s dtype, then ``+ residual`` (a decoder layer's residual add; the
+    fused kernel adds it before its one rounding)."""
+    return plus_residual(F.linear(x, dequantize_int8(qweight, scale).to(x.dtype), None if bias is None else bias.to(x.dtype)), residual)
 
 
 def int4_linear(
-    x: Tensor, qweight: Tensor, scale: Tensor, zero: Tensor, group_size: int, bias: Tensor | None = None
+    x: Tensor, qweight: Tensor, scale: Tensor, zero: Tensor, group_size: int, bias: Tensor | None = None, residual: Tensor | None = None
 ) -> Tensor:
-    """``x @ dequant(w).T + bias`` for packed int4 weights (``K`` is ``x.shape[-1]``)."""
+    """``x @ dequant(w).T + bias (+ residual)`` for packed int4 weights (``K`` is ``x.shape[-1]``)."""
     w = dequantize_int4(qweight, scale, zero, group_size, x.shape[-1])
-    return F.linear(x, w.to(x.dtype), None if bias is None else bias.to(x.dtype))
+    return plus_residual(F.linear(x, w.to(x.dtype), None if bias is None else bias.to(x.dtype)), residual)
 
 
-def fp8_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``x @ dequant(w).T + bias`` for float8 e4m3 weights."""
-    return F.linear(x, dequantize_fp8(qweight, scale).to(x.dtype), None if bias is None else bias.to(x.dtype))
+def fp8_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None = None, residual: Tensor | None = None) -> Tensor:
+    """``x @ dequant(w).T + bias (+ residual)`` for float8 e4m3 weights."""
+    return plus_residual(F.linear(x, dequantize_fp8(qweight, scale).to(x.dtype), None if bias is None else bias.to(x.dtype)), residual)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, residual: Tensor | None = None) -> Tensor:
+    """A float Linear, then ``+ residual``."""
+    return plus_residual(F.linear(x, weight, bias), residual)
+
+
+def plus_residual(y: Tensor, residual: Tensor | None) -> Tensor:
+    """``y + residual`` (``y`` when there is none): the unfused form of a kernel's residual epilogue."""
+    return y if residual is None else y + residual
 
 
 def rmsnorm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -119,3 +130,25 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, scale: floa
     scores = torch.einsum("bhd,bhtd->bht", q.float(), k.float()) * scale
     scores = scores.masked_fill(~valid.bool()[:, None, :], float("-inf"))
     return torch.einsum("bht,bhtd->bhd", torch.softmax(scores, -1), v.float()).to(q.dtype)
+
+
+def step_inputs(
+    token: Tensor, i: Tensor, embed: Tensor, slot_embeds: Tensor, cos: Tensor, sin: Tensor, causal: Tensor, prefill_mask: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A fixed-schedule decode step's inputs from per-step tables: for step ``i`` (a long scalar) and the
+    previous tokens ``token [B, 1]``, ``hidden [B, 1, H] = embed[token] + slot_embeds[i]`` (rounded to the
+    dtype once, as the model's ``embed_actions``), row ``i`` of the rotary tables ``cos/sin [steps, D]`` as
+    ``[B, 1, D]``, and the key mask ``prefill_mask [B, T] | causal[i]``."""
+    index = i.reshape(1)
+    B = token.shape[0]
+    hidden = F.embedding(token, embed) + torch.index_select(slot_embeds, 0, index)
+    cos_i, sin_i = (torch.index_select(t, 0, index).expand(B, 1, -1) for t in (cos, sin))
+    return hidden, cos_i, sin_i, prefill_mask | torch.index_select(causal, 0, index)
+
+
+def greedy_advance(logits: Tensor, bins: int, token: Tensor, tokens: Tensor, i: Tensor) -> None:
+    """A decode loop's bookkeeping, in place: the greedy token among the first ``bins`` of ``logits [B, V]``
+    (the first index on ties) into ``token [B, 1]`` and column ``i + 1`` of ``tokens [B, L]``, then ``i += 1``."""
+    token.copy_(logits[:, :bins].argmax(-1, keepdim=True))
+    i.add_(1)
+    tokens.index_copy_(1, i.reshape(1), token)

@@ -15,6 +15,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import reference
+
 GEMV_MAX_ROWS = 8  # up to this many rows of x a per-row GEMV beats the tiled tensor-core GEMM
 
 
@@ -28,8 +30,8 @@ def _dot(a, b):
 
 @triton.jit
 def _int8_gemv_kernel(
-    x_ptr, q_ptr, s_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_ym,
-    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr, q_ptr, s_ptr, b_ptr, r_ptr, y_ptr, N, K, stride_xm, stride_rm, stride_ym,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     row = tl.program_id(1)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -44,6 +46,8 @@ def _int8_gemv_kernel(
     acc = acc * tl.load(s_ptr + n, mask=n_ok, other=0.0)
     if HAS_BIAS:
         acc += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:  # the decoder layer's residual add, in float32 before the one rounding
+        acc += tl.load(r_ptr + row * stride_rm + n, mask=n_ok, other=0.0).to(tl.float32)
     tl.store(y_ptr + row * stride_ym + n, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 
@@ -70,8 +74,8 @@ def _int8_gemm_kernel(
 
 @triton.jit
 def _int4_gemv_kernel(
-    x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, K, KH, GROUPS, GROUP, stride_xm, stride_ym,
-    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, r_ptr, y_ptr, N, K, KH, GROUPS, GROUP, stride_xm, stride_rm, stride_ym,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     row = tl.program_id(1)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -95,13 +99,15 @@ def _int4_gemv_kernel(
         acc += tl.sum(w_lo * x_lo[None, :] + w_hi * x_hi[None, :], 1)
     if HAS_BIAS:
         acc += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:  # the decoder layer's residual add, in float32 before the one rounding
+        acc += tl.load(r_ptr + row * stride_rm + n, mask=n_ok, other=0.0).to(tl.float32)
     tl.store(y_ptr + row * stride_ym + n, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 
 @triton.jit
 def _int4_gemv_grouped_kernel(
-    x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, KH, GROUPS, stride_xm, stride_ym,
-    HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+    x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, r_ptr, y_ptr, N, KH, GROUPS, stride_xm, stride_rm, stride_ym,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
     """The int4 GEMV when both halves of K are whole groups (``K == 2 * KH``, ``KH % GROUP == 0``): per group
     ``scale * (codes . x - zero * sum(x))``, so scales and zero points are loaded once per group, not per code."""
@@ -128,6 +134,8 @@ def _int4_gemv_grouped_kernel(
         acc += tl.sum(s_lo * (dot_lo - z_lo * tl.sum(x_lo, 1)[None, :]) + s_hi * (dot_hi - z_hi * tl.sum(x_hi, 1)[None, :]), 1)
     if HAS_BIAS:
         acc += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:  # the decoder layer's residual add, in float32 before the one rounding
+        acc += tl.load(r_ptr + row * stride_rm + n, mask=n_ok, other=0.0).to(tl.float32)
     tl.store(y_ptr + row * stride_ym + n, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 
@@ -254,6 +262,45 @@ def _decode_attention_kernel(
     tl.store(o_ptr + b * sob + h * soh + d, out.to(o_ptr.dtype.element_ty), mask=d_ok)
 
 
+@triton.jit
+def _step_inputs_kernel(
+    tok_ptr, i_ptr, e_ptr, s_ptr, cos_ptr, sin_ptr, c_ptr, p_ptr, h_ptr, co_ptr, so_ptr, m_ptr, H, D, T,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    b = tl.program_id(0)
+    i = tl.load(i_ptr)
+    tok = tl.load(tok_ptr + b)
+    for h0 in range(0, H, BLOCK_H):
+        h = h0 + tl.arange(0, BLOCK_H)
+        ok = h < H
+        e = tl.load(e_ptr + tok * H + h, mask=ok, other=0.0)
+        s = tl.load(s_ptr + i * H + h, mask=ok, other=0.0)
+        tl.store(h_ptr + b * H + h, (e.to(tl.float32) + s.to(tl.float32)).to(h_ptr.dtype.element_ty), mask=ok)
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < D
+    tl.store(co_ptr + b * D + d, tl.load(cos_ptr + i * D + d, mask=d_ok, other=0.0), mask=d_ok)
+    tl.store(so_ptr + b * D + d, tl.load(sin_ptr + i * D + d, mask=d_ok, other=0.0), mask=d_ok)
+    for t0 in range(0, T, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        ok = t < T
+        valid = (tl.load(p_ptr + b * T + t, mask=ok, other=0) != 0) | (tl.load(c_ptr + i * T + t, mask=ok, other=0) != 0)
+        tl.store(m_ptr + b * T + t, valid.to(tl.int8), mask=ok)
+
+
+@triton.jit
+def _greedy_advance_kernel(l_ptr, tok_ptr, toks_ptr, i_ptr, B, bins, stride_l, L, BLOCK_V: tl.constexpr):
+    """One program for the whole batch, so the counter is read by every row before it is advanced."""
+    i = tl.load(i_ptr)
+    v = tl.arange(0, BLOCK_V)
+    ok = v < bins
+    for b in range(0, B):
+        x = tl.load(l_ptr + b * stride_l + v, mask=ok, other=float("-inf")).to(tl.float32)
+        best = tl.argmax(x, 0, tie_break_left=True).to(tl.int64)
+        tl.store(tok_ptr + b, best)
+        tl.store(toks_ptr + b * L + i + 1, best)
+    tl.store(i_ptr, i + 1)
+
+
 def _pow2(n: int, lo: int = 16, hi: int = 1024) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
 
@@ -272,55 +319,74 @@ def _rows(x: Tensor) -> Tensor:
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
-def int8_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None = None, gemv: dict[str, int] | None = None) -> Tensor:
-    """Fused int8 dequant + matmul; matches ``reference.int8_linear``. ``gemv`` overrides the GEMV launch
-    (``BLOCK_N``, ``BLOCK_K``, ``num_warps``, ``num_stages``), for block-size sweeps."""
+def int8_linear(
+    x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None = None, residual: Tensor | None = None, gemv: dict[str, int] | None = None
+) -> Tensor:
+    """Fused int8 dequant + matmul (+ ``residual`` in the GEMV's epilogue); matches ``reference.int8_linear``.
+    ``gemv`` overrides the GEMV launch (``BLOCK_N``, ``BLOCK_K``, ``num_warps``, ``num_stages``), for
+    block-size sweeps."""
     x2 = _rows(x)
     M, K = x2.shape
     N = qweight.shape[0]
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     b = bias if bias is not None else scale
     if M <= GEMV_MAX_ROWS:
+        r = _rows(residual.reshape(M, N)) if residual is not None else y
         block_n, block_k = _gemv_blocks(x2, N, K, 1024)
         launch = {"BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": 8, **(gemv or {})}
-        _int8_gemv_kernel[(triton.cdiv(N, launch["BLOCK_N"]), M)](x2, qweight, scale, b, y, N, K, x2.stride(0), y.stride(0), bias is not None, **launch)
-    else:
-        grid = (triton.cdiv(M, 32), triton.cdiv(N, 64))
-        _int8_gemm_kernel[grid](x2, qweight, scale, b, y, M, N, K, x2.stride(0), y.stride(0), bias is not None, BLOCK_M=32, BLOCK_N=64, BLOCK_K=32)
-    return y.reshape(*x.shape[:-1], N)
+        _int8_gemv_kernel[(triton.cdiv(N, launch["BLOCK_N"]), M)](
+            x2, qweight, scale, b, r, y, N, K, x2.stride(0), r.stride(0), y.stride(0), bias is not None, residual is not None, **launch,
+        )
+        return y.reshape(*x.shape[:-1], N)
+    grid = (triton.cdiv(M, 32), triton.cdiv(N, 64))
+    _int8_gemm_kernel[grid](x2, qweight, scale, b, y, M, N, K, x2.stride(0), y.stride(0), bias is not None, BLOCK_M=32, BLOCK_N=64, BLOCK_K=32)
+    return reference.plus_residual(y.reshape(*x.shape[:-1], N), residual)
 
 
 def int4_linear(
-    x: Tensor, qweight: Tensor, scale: Tensor, zero: Tensor, group_size: int, bias: Tensor | None = None, gemv: dict[str, int] | None = None
+    x: Tensor, qweight: Tensor, scale: Tensor, zero: Tensor, group_size: int, bias: Tensor | None = None, residual: Tensor | None = None,
+    gemv: dict[str, int] | None = None,
 ) -> Tensor:
-    """Fused int4 (group-wise, half-split packing) dequant + matmul; matches ``reference.int4_linear``.
-    ``gemv`` overrides the grouped GEMV launch (``BLOCK_N``, ``BLOCK_G`` groups per load, ``num_warps``,
-    ``num_stages``), for block-size sweeps."""
+    """Fused int4 (group-wise, half-split packing) dequant + matmul (+ ``residual`` in the GEMV's epilogue);
+    matches ``reference.int4_linear``. ``gemv`` overrides the grouped GEMV launch (``BLOCK_N``, ``BLOCK_G``
+    groups per load, ``num_warps``, ``num_stages``), for block-size sweeps."""
     x2 = _rows(x)
     M, K = x2.shape
     N, KH = qweight.shape
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     b = bias if bias is not None else scale
     groups = scale.shape[1]
-    if M <= GEMV_MAX_ROWS and K == 2 * KH and KH % group_size == 0 and group_size == triton.next_power_of_2(group_size):
-        block_n, block_k = _gemv_blocks(x2, N, KH, 512)
-        launch = {"BLOCK_N": block_n, "BLOCK_G": max(1, block_k // group_size), **(gemv or {})}
-        _int4_gemv_grouped_kernel[(triton.cdiv(N, launch["BLOCK_N"]), M)](
-            x2, qweight, scale, zero, b, y, N, KH, groups, x2.stride(0), y.stride(0), bias is not None, GROUP=group_size, **launch,
-        )
-    elif M <= GEMV_MAX_ROWS:
-        block_n, block_k = _gemv_blocks(x2, N, KH, 256)
-        _int4_gemv_kernel[(triton.cdiv(N, block_n), M)](
-            x2, qweight, scale, zero, b, y, N, K, KH, groups, group_size, x2.stride(0), y.stride(0),
-            bias is not None, BLOCK_N=block_n, BLOCK_K=block_k,
-        )
-    else:
+    if M > GEMV_MAX_ROWS:
         grid = (triton.cdiv(M, 32), triton.cdiv(N, 64))
         _int4_gemm_kernel[grid](
             x2, qweight, scale, zero, b, y, M, N, K, KH, groups, group_size, x2.stride(0), y.stride(0),
             bias is not None, BLOCK_M=32, BLOCK_N=64, BLOCK_K=32,
         )
+        return reference.plus_residual(y.reshape(*x.shape[:-1], N), residual)
+    r = _rows(residual.reshape(M, N)) if residual is not None else y
+    if K == 2 * KH and KH % group_size == 0 and group_size == triton.next_power_of_2(group_size):
+        block_n, block_k = _gemv_blocks(x2, N, KH, 512)
+        launch = {"BLOCK_N": block_n, "BLOCK_G": max(1, block_k // group_size), **(gemv or {})}
+        _int4_gemv_grouped_kernel[(triton.cdiv(N, launch["BLOCK_N"]), M)](
+            x2, qweight, scale, zero, b, r, y, N, KH, groups, x2.stride(0), r.stride(0), y.stride(0), bias is not None, residual is not None,
+            GROUP=group_size, **launch,
+        )
+    else:
+        block_n, block_k = _gemv_blocks(x2, N, KH, 256)
+        _int4_gemv_kernel[(triton.cdiv(N, block_n), M)](
+            x2, qweight, scale, zero, b, r, y, N, K, KH, groups, group_size, x2.stride(0), r.stride(0), y.stride(0),
+            bias is not None, residual is not None, BLOCK_N=block_n, BLOCK_K=block_k,
+        )
     return y.reshape(*x.shape[:-1], N)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, residual: Tensor | None = None) -> Tensor:
+    """A float Linear with the residual add in the GEMM's epilogue (``addmm``: one cuBLAS call instead of a
+    GEMM and an add); matches ``reference.linear``."""
+    if residual is None or bias is not None:
+        return reference.linear(x, weight, bias, residual)
+    out = torch.addmm(residual.reshape(-1, weight.shape[0]), x.reshape(-1, x.shape[-1]), weight.t())
+    return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
 def rmsnorm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -382,10 +448,40 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, scale: floa
         v = v.contiguous()
     q = q.contiguous()
     out = torch.empty_like(q)
-    mask = valid.to(torch.int8).contiguous()
+    mask = _bytes(valid)
     _decode_attention_kernel[(B, H)](
         q, k, v, mask, out, T, D, H, scale,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), BLOCK_T=_pow2(T, 16, 128), BLOCK_D=_pow2(D, 16, 256), num_warps=8,
     )
     return out
+
+
+def _bytes(mask: Tensor) -> Tensor:
+    """A boolean mask as int8 bytes for a kernel: a view (no copy kernel) when it is contiguous bool."""
+    return mask.contiguous().view(torch.int8) if mask.dtype == torch.bool else mask.to(torch.int8).contiguous()
+
+
+def step_inputs(
+    token: Tensor, i: Tensor, embed: Tensor, slot_embeds: Tensor, cos: Tensor, sin: Tensor, causal: Tensor, prefill_mask: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A decode step's inputs from its tables in one kernel; matches ``reference.step_inputs``."""
+    B, H, T, D = token.shape[0], slot_embeds.shape[1], causal.shape[1], cos.shape[1]
+    hidden = torch.empty(B, 1, H, dtype=embed.dtype, device=embed.device)
+    cos_i, sin_i = (torch.empty(B, 1, D, dtype=t.dtype, device=t.device) for t in (cos, sin))
+    mask = torch.empty(B, T, dtype=torch.bool, device=causal.device)
+    _step_inputs_kernel[(B,)](
+        token.contiguous(), i, embed.contiguous(), slot_embeds.contiguous(), cos.contiguous(), sin.contiguous(), _bytes(causal),
+        _bytes(prefill_mask), hidden, cos_i, sin_i, mask.view(torch.int8), H, D, T,
+        BLOCK_H=_pow2(H, 16, 1024), BLOCK_D=_pow2(D, 16, 1024), BLOCK_T=_pow2(T, 16, 1024),
+    )
+    return hidden, cos_i, sin_i, mask
+
+
+def greedy_advance(logits: Tensor, bins: int, token: Tensor, tokens: Tensor, i: Tensor) -> None:
+    """Greedy pick, token write-back and counter advance in one kernel; matches ``reference.greedy_advance``."""
+    if bins > 16384:
+        raise ValueError(f"greedy_advance picks among at most 16384 logits in one block, got {bins}")
+    if logits.stride(1) != 1 or not (token.is_contiguous() and tokens.is_contiguous()):
+        raise ValueError("greedy_advance needs logits with contiguous rows and contiguous token buffers")
+    _greedy_advance_kernel[(1,)](logits, token, tokens, i, token.shape[0], bins, logits.stride(0), tokens.shape[1], BLOCK_V=_pow2(bins, 16, 16384))
