@@ -193,8 +193,9 @@ def test_step_inputs_match_reference(b, h, d, t, dtype):
     cos, sin = torch.randn(2, steps, d, generator=g).to(dtype)
     causal, prefill = torch.rand(steps, t, generator=g) > 0.5, torch.rand(b, t, generator=g) > 0.5
     token, i = torch.randint(0, vocab, (b, 1), generator=g), torch.tensor(steps - 2)
-    want = reference.step_inputs(token, i, embed, slot_embeds, cos, sin, causal, prefill)
-    got = tk.step_inputs(*(x.to(DEVICE) for x in (token, i, embed, slot_embeds, cos, sin, causal, prefill)))
+    want = reference.step_inputs(token, i, embed, slot_embeds, cos, sin, causal, prefill, 7)
+    got = tk.step_inputs(*(x.to(DEVICE) for x in (token, i, embed, slot_embeds, cos, sin, causal, prefill)), 7)
+    assert want[4].tolist() == [7 + steps - 2]
     tol = 0 if dtype == torch.float32 else 1e-2  # bfloat16: the interpreter truncates where a GPU rounds to nearest
     torch.testing.assert_close(got[0].cpu(), want[0], rtol=tol, atol=tol)
     for got_t, want_t in zip(got[1:], want[1:]):

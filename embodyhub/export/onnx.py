@@ -171,12 +171,12 @@ class LoopStepGraph(nn.Module):
 
     def _decode(self, i: Tensor, token: Tensor, prefill_mask: Tensor, keys: Tensor, values: Tensor) -> tuple[Tensor, _SlotCache]:
         trunk, B = self.model.model, token.shape[0]
-        index = i.reshape(1)
-        position = index + self.first_slot
         if self.tables:
             tables = (self.slot_embeds, self.cos, self.sin, self.causal)
-            hidden, cos, sin, mask = kernels.step_inputs(token, i, trunk.embed_tokens.weight, *tables, prefill_mask)
+            hidden, cos, sin, mask, position = kernels.step_inputs(token, i, trunk.embed_tokens.weight, *tables, prefill_mask, self.first_slot)
         else:
+            index = i.reshape(1)
+            position = index + self.first_slot
             dim, step = (torch.index_select(t, 0, index).expand(B, 1) for t in (self.dims, self.steps))
             hidden = trunk.embed_actions(token, dim, step)
             cos, sin = trunk.rotary_emb(hidden, position.expand(B, 1))

@@ -77,7 +77,7 @@ class GraphedDecoder:
     forward writes the first slots of one fixed-size KV cache, then every further token is a
     ``LoopStepGraph`` step writing the next slot in place. On CUDA the prefill and the step are each
     captured once per batch shape as a CUDA graph, and a chunk is one prefill replay plus one step replay
-    per token: at batch 1 a step is 23-77 small kernels (2-8 fused layers; ``benchmarks/step_kernels.py``),
+    per token: at batch 1 a step is 22-76 small kernels (2-8 fused layers; ``benchmarks/step_kernels.py``),
     the prefill a few hundred, whose launch cost from Python would otherwise be several times their GPU
     time; quantized layers run the fused kernels (no dequantized copy). Elsewhere (or ``graph=False``) the
     same code runs eagerly. The step's per-token tables come from the weights at construction: build a new

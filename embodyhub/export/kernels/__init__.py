@@ -94,10 +94,11 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, scale: floa
 
 
 def step_inputs(
-    token: Tensor, i: Tensor, embed: Tensor, slot_embeds: Tensor, cos: Tensor, sin: Tensor, causal: Tensor, prefill_mask: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """A fixed-schedule decode step's ``(hidden, cos, sin, key mask)`` gathered from per-step tables."""
-    return _impl(embed).step_inputs(token, i, embed, slot_embeds, cos, sin, causal, prefill_mask)
+    token: Tensor, i: Tensor, embed: Tensor, slot_embeds: Tensor, cos: Tensor, sin: Tensor, causal: Tensor, prefill_mask: Tensor,
+    first_slot: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """A fixed-schedule decode step's ``(hidden, cos, sin, key mask, cache slot)`` from per-step tables."""
+    return _impl(embed).step_inputs(token, i, embed, slot_embeds, cos, sin, causal, prefill_mask, first_slot)
 
 
 def greedy_advance(logits: Tensor, bins: int, token: Tensor, tokens: Tensor, i: Tensor) -> None:

@@ -133,17 +133,19 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, scale: floa
 
 
 def step_inputs(
-    token: Tensor, i: Tensor, embed: Tensor, slot_embeds: Tensor, cos: Tensor, sin: Tensor, causal: Tensor, prefill_mask: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    token: Tensor, i: Tensor, embed: Tensor, slot_embeds: Tensor, cos: Tensor, sin: Tensor, causal: Tensor, prefill_mask: Tensor,
+    first_slot: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """A fixed-schedule decode step's inputs from per-step tables: for step ``i`` (a long scalar) and the
     previous tokens ``token [B, 1]``, ``hidden [B, 1, H] = embed[token] + slot_embeds[i]`` (rounded to the
     dtype once, as the model's ``embed_actions``), row ``i`` of the rotary tables ``cos/sin [steps, D]`` as
-    ``[B, 1, D]``, and the key mask ``prefill_mask [B, T] | causal[i]``."""
+    ``[B, 1, D]``, the key mask ``prefill_mask [B, T] | causal[i]`` and the cache slot ``[1]`` the step
+    writes, ``first_slot + i``."""
     index = i.reshape(1)
     B = token.shape[0]
     hidden = F.embedding(token, embed) + torch.index_select(slot_embeds, 0, index)
     cos_i, sin_i = (torch.index_select(t, 0, index).expand(B, 1, -1) for t in (cos, sin))
-    return hidden, cos_i, sin_i, prefill_mask | torch.index_select(causal, 0, index)
+    return hidden, cos_i, sin_i, prefill_mask | torch.index_select(causal, 0, index), index + first_slot
 
 
 def greedy_advance(logits: Tensor, bins: int, token: Tensor, tokens: Tensor, i: Tensor) -> None:

@@ -264,11 +264,13 @@ def _decode_attention_kernel(
 
 @triton.jit
 def _step_inputs_kernel(
-    tok_ptr, i_ptr, e_ptr, s_ptr, cos_ptr, sin_ptr, c_ptr, p_ptr, h_ptr, co_ptr, so_ptr, m_ptr, H, D, T,
+    tok_ptr, i_ptr, e_ptr, s_ptr, cos_ptr, sin_ptr, c_ptr, p_ptr, h_ptr, co_ptr, so_ptr, m_ptr, pos_ptr, H, D, T, first_slot,
     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     b = tl.program_id(0)
     i = tl.load(i_ptr)
+    if b == 0:
+        tl.store(pos_ptr, i + first_slot)
     tok = tl.load(tok_ptr + b)
     for h0 in range(0, H, BLOCK_H):
         h = h0 + tl.arange(0, BLOCK_H)
@@ -463,19 +465,21 @@ def _bytes(mask: Tensor) -> Tensor:
 
 
 def step_inputs(
-    token: Tensor, i: Tensor, embed: Tensor, slot_embeds: Tensor, cos: Tensor, sin: Tensor, causal: Tensor, prefill_mask: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    token: Tensor, i: Tensor, embed: Tensor, slot_embeds: Tensor, cos: Tensor, sin: Tensor, causal: Tensor, prefill_mask: Tensor,
+    first_slot: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """A decode step's inputs from its tables in one kernel; matches ``reference.step_inputs``."""
     B, H, T, D = token.shape[0], slot_embeds.shape[1], causal.shape[1], cos.shape[1]
     hidden = torch.empty(B, 1, H, dtype=embed.dtype, device=embed.device)
     cos_i, sin_i = (torch.empty(B, 1, D, dtype=t.dtype, device=t.device) for t in (cos, sin))
     mask = torch.empty(B, T, dtype=torch.bool, device=causal.device)
+    position = torch.empty(1, dtype=torch.long, device=i.device)
     _step_inputs_kernel[(B,)](
         token.contiguous(), i, embed.contiguous(), slot_embeds.contiguous(), cos.contiguous(), sin.contiguous(), _bytes(causal),
-        _bytes(prefill_mask), hidden, cos_i, sin_i, mask.view(torch.int8), H, D, T,
+        _bytes(prefill_mask), hidden, cos_i, sin_i, mask.view(torch.int8), position, H, D, T, first_slot,
         BLOCK_H=_pow2(H, 16, 1024), BLOCK_D=_pow2(D, 16, 1024), BLOCK_T=_pow2(T, 16, 1024),
     )
-    return hidden, cos_i, sin_i, mask
+    return hidden, cos_i, sin_i, mask, position
 
 
 def greedy_advance(logits: Tensor, bins: int, token: Tensor, tokens: Tensor, i: Tensor) -> None:
