@@ -421,3 +421,28 @@ def test_row_stack_computes_the_layers_at_once_without_a_second_copy(precision):
     assert len(stored) == (1 if precision == "float32" else 3)  # one storage per stacked tensor (qweight, scale, zero)
     mixed = RowStack([nn.Linear(24, 4), nn.Linear(24, 4, bias=False)])  # different kinds run one by one
     assert mixed.stacked is None and mixed(x).shape == (3, 8)
+
+
+@torch.no_grad()
+def test_a_fused_model_keeps_one_copy_of_its_stacked_weights_after_to():
+    from embodyhub.export.fused import fuse_decoder
+
+    model, processor = tiny(seed=5)
+    quantize_model(model, QuantConfig("int4", group_size=16))
+    emb = processor.resolve("panda")
+    inputs = prefix(processor, emb, batch=2)
+    dims, steps = inputs.pop("action_dims"), inputs.pop("action_steps")
+    for key in ("input_ids", "labels", "world_targets", "world_mask"):
+        inputs.pop(key)
+    fused = fuse_decoder(model).to(torch.float64)
+    layer = fused.model.layers[0]
+    stacked, q_proj = layer.qkv.stacked, layer.layer.self_attn.q_proj
+    assert stacked.scale.dtype == torch.float64 and q_proj.scale.dtype == torch.float64
+    for name in ("qweight", "scale", "zero"):  # the original's rows are a view of the stacked tensor, not a copy
+        assert getattr(q_proj, name).untyped_storage().data_ptr() == getattr(stacked, name).untyped_storage().data_ptr()
+    # the prefill (the originals) and the decode steps (the stacked rows) agree with an unfused float64 copy
+    reference, _ = tiny(seed=5)
+    quantize_model(reference, QuantConfig("int4", group_size=16))
+    reference.to(torch.float64)
+    want = reference.sample_action_tokens(dims, steps, **inputs)["tokens"]
+    assert torch.equal(fused.sample_action_tokens(dims, steps, **inputs)["tokens"], want)

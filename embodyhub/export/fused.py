@@ -6,12 +6,14 @@ rotary embedding + KV-cache write, decode attention, the output projection, resi
 projection for gate/up, SiLU x up, the down projection with the residual add in its epilogue; the final norm
 is one kernel too. With ``QuantizedLinear`` the projections are the fused dequant + GEMV kernels. Prefill
 (several tokens) keeps the layer's own path. Kernel selection stays automatic: on CPU the wrapped layers
-compute with the torch references. Fusing is a runtime transform: cast and move the model first (``.to``
-after fusing would copy the stacked weights apart), and do not save a fused model (the stacked weights and
-the layers' row slices of them share storage).
+compute with the torch references. Fusing is a runtime transform: ``.to``/``.cuda``/``.half`` of a fused
+model keep one copy of the stacked weights (the originals are re-pointed at their rows), but do not save a
+fused model (the stacked weights and the layers' row slices of them share storage).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -24,18 +26,37 @@ from .quantize import QuantizedLinear
 class RowStack(nn.Module):
     """Linears that read the same input, computed as one: ``forward`` returns their outputs concatenated.
     Layers of one kind (``nn.Linear``, or ``QuantizedLinear`` of one precision and group size) are stacked by
-    rows into one layer, and each original is re-pointed at its row slice, so nothing is stored twice; other
-    mixes run one by one."""
+    rows into one layer, and each original is re-pointed at its row slice, so nothing is stored twice (also
+    after ``.to``/``.cuda``/``.half`` of the fused model, which re-point them again); other mixes run one
+    by one."""
 
     def __init__(self, linears: list[nn.Module]) -> None:
         super().__init__()
         self.stacked = _stack(linears)
         self.parts = nn.ModuleList(linears) if self.stacked is None else None
+        self._originals = list(linears)  # not submodules: their owners (the decoder layer) hold and save them
+        self.relink()
 
     def forward(self, x: Tensor) -> Tensor:
         if self.stacked is not None:
             return self.stacked(x)
         return torch.cat([part(x) for part in self.parts], -1)  # type: ignore[union-attr]
+
+    def relink(self) -> None:
+        """Point each original's tensors at its row slice of the stacked ones (drops any separate copy)."""
+        if self.stacked is None:
+            return
+        for name in _TENSORS[type(self.stacked)]:
+            whole = getattr(self.stacked, name, None)
+            if whole is None:
+                continue
+            start = 0
+            for m in self._originals:
+                _assign(m, name, whole.detach()[start : start + m.out_features])
+                start += m.out_features
+
+
+_TENSORS: dict[type, list[str]] = {QuantizedLinear: ["qweight", "scale", "zero", "bias"], nn.Linear: ["weight", "bias"]}
 
 
 def _kind(module: nn.Module) -> tuple | None:
@@ -48,25 +69,18 @@ def _kind(module: nn.Module) -> tuple | None:
 
 
 def _stack(linears: list[nn.Module]) -> nn.Module | None:
+    """One layer holding the rows of ``linears`` (concatenated copies), or None when they do not stack."""
     first = linears[0]
     if _kind(first) is None or any(_kind(m) != _kind(first) for m in linears):
         return None
     total = sum(m.out_features for m in linears)
     if isinstance(first, QuantizedLinear):
         stacked: nn.Module = QuantizedLinear(first.in_features, total, first.precision, first.group_size, first.bias is not None)
-        names = ["qweight", "scale", "zero", "bias"]
     else:
         stacked = nn.Linear(first.in_features, total, bias=first.bias is not None, device="meta")
-        names = ["weight", "bias"]
-    for name in names:
-        if getattr(first, name, None) is None:
-            continue
-        whole = torch.cat([getattr(m, name).detach() for m in linears])
-        _assign(stacked, name, whole)
-        start = 0
-        for m in linears:
-            _assign(m, name, whole[start : start + m.out_features])
-            start += m.out_features
+    for name in _TENSORS[type(stacked)]:
+        if getattr(first, name, None) is not None:
+            _assign(stacked, name, torch.cat([getattr(m, name).detach() for m in linears]))
     return stacked
 
 
@@ -88,6 +102,14 @@ class FusedDecoderLayer(nn.Module):
         self.layer = layer
         self.qkv = RowStack([attn.q_proj, attn.k_proj, attn.v_proj])
         self.gate_up = RowStack([mlp.gate_proj, mlp.up_proj])
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> FusedDecoderLayer:
+        """``.to``/``.cuda``/``.half`` convert the originals and the stacked copies one by one; point the
+        originals back at the stacked rows so the model keeps one copy."""
+        out = super()._apply(fn, recurse)
+        self.qkv.relink()
+        self.gate_up.relink()
+        return out
 
     def forward(self, hidden_states: Tensor, position_embeddings: tuple[Tensor, Tensor], attention_mask: Tensor, cache: object = None) -> Tensor:
         layer, attn = self.layer, self.layer.self_attn
