@@ -11,8 +11,8 @@ With CUDA it adds: batch-1 GEMV on the Linear shapes of the tiny WAM and of two 
 configs (BIG: 8 layers of 1024; WIDE: 2 layers of 2048), bf16 torch vs the fused Triton int8/int4
 kernels (GPU time per call inside a CUDA graph, L2 flushed), next to the bandwidth floor (weight bytes /
 measured device copy bandwidth); and each config's chunk decode at bf16 / int8 / int4 through
-``GraphedDecoder`` (fused layers, one CUDA graph replay per token) vs its floor, with eager decoding for
-comparison.
+``GraphedDecoder`` (fused layers; CUDA graph replays: the prefill, then one per token) vs its floor, with
+eager decoding for comparison and the profiler's count of kernels per step.
 
     python benchmarks/export.py [--model DIR] [--robot panda] [--episodes 50] [--sizes] [--out /tmp/eh_export_bench]
 
@@ -286,7 +286,7 @@ def chunk_table(bandwidth: float, robot: str) -> None:
     length = processor.schedule(emb)[0].numel()
     print(f"\nchunk decode, {robot} (chunk_length 8: {length} action tokens), batch 1, random weights; floor = {length} x bytes a step reads / bandwidth")
     print(f"{'config':<6} {'precision':<9} {'params M':>8} {'step MB':>7} {'eager ms':>8} {'chunk ms':>8} {'decode ms':>9} {'step us':>7} {'floor us':>8} "
-          f"{'step/floor':>10} {'decode/floor':>12} {'graph=eager':>11} {'vs bf16':>7}")
+          f"{'step/floor':>10} {'decode/floor':>12} {'kernels':>8} {'graph=eager':>11} {'vs bf16':>7}")
     for label, cfg in (("BIG", BIG), ("WIDE", WIDE)):
         reference = None
         for precision in ("bf16", "int8", "int4"):
@@ -300,6 +300,7 @@ def chunk_table(bandwidth: float, robot: str) -> None:
     print("eager: GraphedDecoder without the CUDA graph (kernels launched one by one); chunk: GraphedDecoder end to end, wall "
           "clock (host processor, then CUDA graph replays: the prefill, one per further token); decode: GPU time of the replayed "
           "prefill + steps (the floor counts every token reading every weight once); step: GPU time per replayed step; "
+          "kernels: CUDA kernels per step (profiler, eager steps); "
           "graph=eager: same tokens both ways; vs bf16: token agreement with the bf16 model")
 
 
@@ -326,7 +327,22 @@ def chunk_row(cfg: dict, precision: str, processor, emb, q: torch.Tensor, goal: 
     step_us, floor_us = 1e3 * steps_ms / (length - 1), 1e6 * step_bytes / bandwidth
     decode_ms = prefill_ms + steps_ms
     return tokens, (f"{params / 1e6:>8.1f} {step_bytes / 1e6:>7.1f} {eager_ms:>8.1f} {chunk_ms:>8.2f} {decode_ms:>9.2f} {step_us:>7.1f} {floor_us:>8.1f} "
-                    f"{step_us / floor_us:>10.2f} {decode_ms * 1e3 / (length * floor_us):>12.2f} {agree:>11}")
+                    f"{step_us / floor_us:>10.2f} {decode_ms * 1e3 / (length * floor_us):>12.2f} {step_kernels(eager, q, goal):>8.1f} {agree:>11}")
+
+
+def step_kernels(eager, q: torch.Tensor, goal: torch.Tensor) -> float:
+    """CUDA kernels per decode step, from the profiler over one eager chunk's steps (the two resets that start
+    ``decode`` left out): what ``benchmarks/step_kernels.py`` estimates on CPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    eager.load(q, goal)
+    eager.prefill()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        eager.decode()
+        torch.cuda.synchronize()
+    kernels = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    return (kernels - 2) / (eager.length - 1)
 
 
 def gpu_tables(args: argparse.Namespace) -> None:
