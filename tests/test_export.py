@@ -345,7 +345,9 @@ def test_graphed_decoder_decodes_the_model_tokens(precision, fused):
             inputs.pop("action_decoder")
             with torch.no_grad():
                 want = model.sample_action_tokens(inputs.pop("action_dims"), inputs.pop("action_steps"), **inputs)["tokens"]
+                native = model.predict_action(**processor({"state": q, "goal": goal}, emb))
             assert torch.equal(decoder(q, goal), want)
+            assert torch.equal(decoder.actions(q, goal), native)  # the same native commands as predict_action
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
