@@ -1,12 +1,13 @@
 """Launch-configuration sweep of the fused batch-1 GEMV kernels (int8, grouped int4) on this GPU.
 
-Peer: bf16 torch (``F.linear``) on the same shape. For each shape it prints the GPU time per call of bf16
-torch, of the kernel as ``int8_linear``/``int4_linear`` launch it by default (``_gemv_blocks``), and of the
-fastest configurations (rows per program, columns or groups per load, warps, pipeline stages), each
-timed like ``benchmarks/export.py``'s GEMV table (copies of the layer in one CUDA graph, L2 flushed).
-Every configuration's output is first checked against the torch reference; one that misses is reported
-and not timed. The default shape is the largest Linear of the 136M-parameter BIG WAM (1024 x 4096, ~2 minutes
-on an H200); the space includes whole rows per load (a program then reads its rows in one pass).
+Peer: bf16 torch (``F.linear``) on the same shape. For each shape it prints the GPU time per call of
+bf16 torch, of the kernel as ``int8_linear``/``int4_linear`` launch it by default (``_gemv_blocks``),
+and of the fastest configurations (rows per program, columns or groups per load, warps, pipeline
+stages), each timed like ``benchmarks/export.py``'s GEMV table (copies of the layer in one CUDA graph,
+L2 flushed). Every configuration's output is first checked against the torch reference; one that misses
+is reported and not timed. The default shape is the largest Linear of the 136M-parameter BIG WAM (1024 x
+4096; 112 configurations, a few minutes on an H200 by estimate, not yet run); the space includes whole
+rows per load (a program then reads its rows in one pass).
 
     python benchmarks/kernel_sweep.py [--shapes 1024x4096,2048x8192] [--top 5]
     TRITON_INTERPRET=1 python benchmarks/kernel_sweep.py --check   # no GPU: every configuration vs the reference, small shapes
@@ -29,7 +30,7 @@ SMALL = [(48, 512), (40, 1024)]  # --check shapes (N x K): whole groups, rows th
 
 def configs(precision: str, N: int, K: int, group: int) -> list[dict[str, int]]:
     """The launch space for one shape: loads from a quarter row up to whole rows (capped by the register
-    budget of 64 KB of weights per program), 2-8 rows per program, 4 or 8 warps, 1 or 3 stages."""
+    budget of 64 KB of weights per program), 1-8 rows per program, 4 or 8 warps, 1 or 3 stages."""
     if precision == "int4":
         half_groups = K // 2 // group
         widths = [g for g in (1, 2, 4, 8, 16, 32) if g <= half_groups and g * group <= 4096]
@@ -40,7 +41,7 @@ def configs(precision: str, N: int, K: int, group: int) -> list[dict[str, int]]:
         space = [{"BLOCK_K": k} for k in widths[-4:]]
         row_bytes = [c["BLOCK_K"] for c in space]
     out = []
-    for (load, width), rows, warps, stages in itertools.product(zip(space, row_bytes), (2, 4, 8), (4, 8), (1, 3)):
+    for (load, width), rows, warps, stages in itertools.product(zip(space, row_bytes), (1, 2, 4, 8), (4, 8), (1, 3)):
         if rows * width <= 65536:
             out.append({**load, "BLOCK_N": rows, "num_warps": warps, "num_stages": stages})
     return out
