@@ -29,6 +29,16 @@ def _dot(a, b):
 
 
 @triton.jit
+def _gemv_store(acc, b_ptr, r_ptr, y_ptr, row, n, n_ok, stride_rm, stride_ym, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+    """A GEMV row's epilogue: bias, then the decoder layer's residual add, in float32 before the one rounding."""
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        acc += tl.load(r_ptr + row * stride_rm + n, mask=n_ok, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * stride_ym + n, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
+
+
+@triton.jit
 def _int8_gemv_kernel(
     x_ptr, q_ptr, s_ptr, b_ptr, r_ptr, y_ptr, N, K, stride_xm, stride_rm, stride_ym,
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -44,11 +54,7 @@ def _int8_gemv_kernel(
         w = tl.load(q_ptr + n[:, None] * K + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0).to(tl.float32)
         acc += tl.sum(w * x[None, :], 1)
     acc = acc * tl.load(s_ptr + n, mask=n_ok, other=0.0)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
-    if HAS_RESIDUAL:  # the decoder layer's residual add, in float32 before the one rounding
-        acc += tl.load(r_ptr + row * stride_rm + n, mask=n_ok, other=0.0).to(tl.float32)
-    tl.store(y_ptr + row * stride_ym + n, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
+    _gemv_store(acc, b_ptr, r_ptr, y_ptr, row, n, n_ok, stride_rm, stride_ym, HAS_BIAS, HAS_RESIDUAL)
 
 
 @triton.jit
@@ -97,11 +103,7 @@ def _int4_gemv_kernel(
         w_lo = ((packed & 15).to(tl.float32) - z_lo) * tl.load(s_ptr + g_lo, mask=ok_lo, other=0.0).to(tl.float32)
         w_hi = ((packed >> 4).to(tl.float32) - z_hi) * tl.load(s_ptr + g_hi, mask=ok_hi, other=0.0).to(tl.float32)
         acc += tl.sum(w_lo * x_lo[None, :] + w_hi * x_hi[None, :], 1)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
-    if HAS_RESIDUAL:  # the decoder layer's residual add, in float32 before the one rounding
-        acc += tl.load(r_ptr + row * stride_rm + n, mask=n_ok, other=0.0).to(tl.float32)
-    tl.store(y_ptr + row * stride_ym + n, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
+    _gemv_store(acc, b_ptr, r_ptr, y_ptr, row, n, n_ok, stride_rm, stride_ym, HAS_BIAS, HAS_RESIDUAL)
 
 
 @triton.jit
@@ -132,11 +134,7 @@ def _int4_gemv_grouped_kernel(
         z_lo = tl.load(z_ptr + at, mask=ok, other=0).to(tl.float32)
         z_hi = tl.load(z_ptr + at + half_groups, mask=ok, other=0).to(tl.float32)
         acc += tl.sum(s_lo * (dot_lo - z_lo * tl.sum(x_lo, 1)[None, :]) + s_hi * (dot_hi - z_hi * tl.sum(x_hi, 1)[None, :]), 1)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
-    if HAS_RESIDUAL:  # the decoder layer's residual add, in float32 before the one rounding
-        acc += tl.load(r_ptr + row * stride_rm + n, mask=n_ok, other=0.0).to(tl.float32)
-    tl.store(y_ptr + row * stride_ym + n, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
+    _gemv_store(acc, b_ptr, r_ptr, y_ptr, row, n, n_ok, stride_rm, stride_ym, HAS_BIAS, HAS_RESIDUAL)
 
 
 @triton.jit
