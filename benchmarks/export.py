@@ -229,6 +229,11 @@ def wam(config: dict, precision: str, device: str = "cuda") -> tuple[torch.nn.Mo
     return fuse_decoder(model.to(torch.bfloat16)), params  # codes stay integer; scales, norms and activations bf16
 
 
+def streamed_copies(nbytes: int) -> int:
+    """How many copies of a layer of ``nbytes`` to time together: enough to be well past the L2 cache."""
+    return min(512, max(8, (256 << 20) // nbytes))
+
+
 def streamed_us(calls: list[Callable[[], object]]) -> float:
     """GPU time per call, in us, of ``calls`` (each reading its own copy of the weights) captured in one CUDA
     graph and replayed with the L2 cache flushed: like the projections of a decode step, no launch overhead
@@ -259,7 +264,7 @@ def gemv_table(bandwidth: float) -> None:
             linear = torch.nn.Linear(K, N, bias=False, device="cuda")
             x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
             w16 = linear.weight.detach().to(torch.bfloat16)
-            copies = min(512, max(8, (256 << 20) // w16.nbytes))  # together well past the L2 cache
+            copies = streamed_copies(w16.nbytes)
             weights = [w16.clone() for _ in range(copies)]
             us = {"bf16": streamed_us([lambda w=w: torch.nn.functional.linear(x, w) for w in weights])}
             floor, error = {"bf16": w16.nbytes}, {}

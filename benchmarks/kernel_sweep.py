@@ -95,14 +95,14 @@ def sweep(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from export import streamed_us
+    from export import streamed_copies, streamed_us
 
     print(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}; GPU us per call (copies of the layer in one CUDA graph, L2 flushed)")
     for shape in args.shapes.split(","):
         N, K = (int(v) for v in shape.split("x"))
         x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
         w16 = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
-        copies = min(512, max(8, (256 << 20) // w16.nbytes))
+        copies = streamed_copies(w16.nbytes)
         weights = [w16.clone() for _ in range(copies)]
         bf16 = streamed_us([lambda w=w: torch.nn.functional.linear(x, w) for w in weights])
         del weights
