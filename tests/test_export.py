@@ -58,6 +58,14 @@ def prefix(processor, emb, batch=2, seed=0):
     return inputs
 
 
+def decode_inputs(processor, emb, batch):
+    """``(action_dims, action_steps, prefix inputs)`` for ``sample_action_tokens``."""
+    inputs = prefix(processor, emb, batch)
+    for key in ("input_ids", "labels", "world_targets", "world_mask"):
+        inputs.pop(key)
+    return inputs.pop("action_dims"), inputs.pop("action_steps"), inputs
+
+
 @pytest.mark.parametrize("k,n", [(37, 29), (64, 16), (5, 3)])
 def test_weight_codes_reconstruct_within_half_a_step(k, n):
     w = torch.randn(n, k, generator=torch.Generator().manual_seed(k))
@@ -314,10 +322,7 @@ def test_fused_decoder_layers_decode_like_the_model():
     model, processor = tiny()
     quantize_model(model, QuantConfig("int8"))
     emb = processor.resolve("panda")
-    inputs = prefix(processor, emb, batch=3)
-    dims, steps = inputs.pop("action_dims"), inputs.pop("action_steps")
-    for key in ("input_ids", "labels", "world_targets", "world_mask"):
-        inputs.pop(key)
+    dims, steps, inputs = decode_inputs(processor, emb, batch=3)
     want = model.sample_action_tokens(dims, steps, imagine=True, **inputs)
     fuse_decoder(model)
     assert all(isinstance(layer, FusedDecoderLayer) for layer in model.model.layers) and isinstance(model.model.norm, FusedRMSNorm)
@@ -432,10 +437,7 @@ def test_a_fused_model_keeps_one_copy_of_its_stacked_weights_after_to():
     model, processor = tiny(seed=5)
     quantize_model(model, QuantConfig("int4", group_size=16))
     emb = processor.resolve("panda")
-    inputs = prefix(processor, emb, batch=2)
-    dims, steps = inputs.pop("action_dims"), inputs.pop("action_steps")
-    for key in ("input_ids", "labels", "world_targets", "world_mask"):
-        inputs.pop(key)
+    dims, steps, inputs = decode_inputs(processor, emb, batch=2)
     fused = fuse_decoder(model).to(torch.float64)
     layer = fused.model.layers[0]
     stacked, q_proj = layer.qkv.stacked, layer.layer.self_attn.q_proj
