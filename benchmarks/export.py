@@ -12,7 +12,9 @@ configs (BIG: 8 layers of 1024; WIDE: 2 layers of 2048), bf16 torch vs the fused
 kernels (GPU time per call inside a CUDA graph, L2 flushed), next to the bandwidth floor (weight bytes /
 measured device copy bandwidth); and each config's chunk decode at bf16 / int8 / int4 through
 ``GraphedDecoder`` (fused layers; CUDA graph replays: the prefill, then one per token) vs its floor, with
-eager decoding for comparison and the profiler's count of kernels per step.
+eager decoding for comparison and the profiler's count of kernels per step. On sm_90+ the quantized GEMVs
+are also timed under programmatic dependent launch (``int4 pdl``: each GEMV starts, and loads its first
+weights, while the kernel before it finishes), and those chunks' tokens are checked against the plain ones.
 
     python benchmarks/export.py [--model DIR] [--robot panda] [--episodes 50] [--sizes] [--out /tmp/eh_export_bench]
 
@@ -23,12 +25,13 @@ and onnxruntime's latency per chunk on its policy graph.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -251,6 +254,23 @@ def streamed_us(calls: list[Callable[[], object]]) -> float:
     return 1e3 * gpu_ms(graph.replay) / len(calls)
 
 
+def pdl_capable() -> bool:
+    """Programmatic dependent launch needs sm_90 or later."""
+    return torch.cuda.get_device_capability()[0] >= 9
+
+
+@contextlib.contextmanager
+def pdl(on: bool) -> Iterator[None]:
+    """The fused GEMVs launched with programmatic dependent launch inside the block (``triton_kernels.PDL``)."""
+    from embodyhub.export.kernels import triton_kernels
+
+    saved, triton_kernels.PDL = triton_kernels.PDL, on
+    try:
+        yield
+    finally:
+        triton_kernels.PDL = saved
+
+
 def gemv_table(bandwidth: float) -> None:
     from embodyhub.export.quantize import QuantizedLinear
     from embodyhub.pretrained import tiny_base
@@ -258,7 +278,8 @@ def gemv_table(bandwidth: float) -> None:
     tiny = json.loads((Path(tiny_base()) / "config.json").read_text())
     shapes = {"tiny base": tiny, "134M (BIG)": BIG, "134M (WIDE)": WIDE}
     print(f"\nbatch-1 GEMV, GPU time per call (copies of the layer in one CUDA graph, L2 flushed), floor = bytes read / {bandwidth / 1e9:.0f} GB/s")
-    print(f"{'config':<12} {'N x K':<12} {'bf16 us':>8} {'int8 us':>8} {'int4 us':>8} {'bf16 floor':>10} {'int4 floor':>10} {'bf16/int8':>9} {'bf16/int4':>9} {'int8 err':>8} {'int4 err':>8}")
+    print(f"{'config':<12} {'N x K':<12} {'bf16 us':>8} {'int8 us':>8} {'int4 us':>8} {'int4 pdl':>8} {'bf16 floor':>10} {'int4 floor':>10} {'bf16/int8':>9} "
+          f"{'bf16/int4':>9} {'/int4 pdl':>9} {'int8 err':>8} {'int4 err':>8}")
     for label, cfg in shapes.items():
         for N, K in sorted({(cfg["intermediate_size"], cfg["hidden_size"]), (cfg["hidden_size"], cfg["intermediate_size"])}):
             linear = torch.nn.Linear(K, N, bias=False, device="cuda")
@@ -275,8 +296,12 @@ def gemv_table(bandwidth: float) -> None:
                 layers = [copy.deepcopy(layer) for _ in range(copies)]
                 us[precision] = streamed_us([lambda m=m: m(x) for m in layers])
                 floor[precision] = sum(t.nbytes for t in layer.state_dict().values())
-            print(f"{label:<12} {f'{N} x {K}':<12} {us['bf16']:>8.2f} {us['int8']:>8.2f} {us['int4']:>8.2f} {1e6 * floor['bf16'] / bandwidth:>10.2f} "
-                  f"{1e6 * floor['int4'] / bandwidth:>10.2f} {us['bf16'] / us['int8']:>9.2f} {us['bf16'] / us['int4']:>9.2f} "
+                if precision == "int4" and pdl_capable():
+                    with pdl(True):
+                        us["int4 pdl"] = streamed_us([lambda m=m: m(x) for m in layers])
+            with_pdl = us.get("int4 pdl", float("nan"))
+            print(f"{label:<12} {f'{N} x {K}':<12} {us['bf16']:>8.2f} {us['int8']:>8.2f} {us['int4']:>8.2f} {with_pdl:>8.2f} {1e6 * floor['bf16'] / bandwidth:>10.2f} "
+                  f"{1e6 * floor['int4'] / bandwidth:>10.2f} {us['bf16'] / us['int8']:>9.2f} {us['bf16'] / us['int4']:>9.2f} {us['bf16'] / with_pdl:>9.2f} "
                   f"{error['int8']:>8.4f} {error['int4']:>8.4f}")
     print("err: max |quantized - bf16| / max |bf16| over the output (weight quantization error, not a kernel error)")
 
@@ -292,16 +317,21 @@ def chunk_table(bandwidth: float, robot: str) -> None:
     print(f"\nchunk decode, {robot} (chunk_length 8: {length} action tokens), batch 1, random weights; floor = {length} x bytes a step reads / bandwidth")
     print(f"{'config':<6} {'precision':<9} {'params M':>8} {'step MB':>7} {'eager ms':>8} {'chunk ms':>8} {'decode ms':>9} {'step us':>7} {'floor us':>8} "
           f"{'step/floor':>10} {'decode/floor':>12} {'kernels':>8} {'graph=eager':>11} {'vs bf16':>7}")
+    precisions = ["bf16", "int8", "int4"] + (["int8 pdl", "int4 pdl"] if pdl_capable() else [])
     for label, cfg in (("BIG", BIG), ("WIDE", WIDE)):
-        reference = None
-        for precision in ("bf16", "int8", "int4"):
+        chunks: dict[str, torch.Tensor] = {}
+        for precision in precisions:
+            base = precision.split()[0]
             try:
-                tokens, row = chunk_row(cfg, precision, processor, emb, q, goal, bandwidth)
+                with pdl(precision.endswith("pdl")):
+                    tokens, row = chunk_row(cfg, base, processor, emb, q, goal, bandwidth)
             except Exception as error:  # noqa: BLE001  (one failing row must not hide the others)
                 print(f"{label:<6} {precision:<9} failed: {error!r}")
                 continue
-            reference = tokens if reference is None else reference
-            print(f"{label:<6} {precision:<9} {row} {float((tokens == reference).float().mean()):>7.0%}")
+            chunks[precision] = tokens
+            vs_bf16 = f"{float((tokens == chunks.get('bf16', tokens)).float().mean()):>7.0%}"
+            same = "" if precision == base else f"  {'same' if base in chunks and torch.equal(tokens, chunks[base]) else 'DIFFERENT'} tokens as {base} without PDL"
+            print(f"{label:<6} {precision:<9} {row} {vs_bf16}{same}")
     print("eager: GraphedDecoder without the CUDA graph (kernels launched one by one); chunk: GraphedDecoder end to end, wall "
           "clock (host processor, then CUDA graph replays: the prefill, one per further token); decode: GPU time of the replayed "
           "prefill + steps (the floor counts every token reading every weight once); step: GPU time per replayed step; "

@@ -2,15 +2,18 @@
 
 Peer: bf16 torch (``F.linear``) on the same shape. For each shape it prints the GPU time per call of
 bf16 torch, of the kernel as ``int8_linear``/``int4_linear`` launch it by default (``_gemv_blocks``),
-and of the fastest configurations (rows per program, columns or groups per load, warps, pipeline
-stages), each timed like ``benchmarks/export.py``'s GEMV table (copies of the layer in one CUDA graph,
-L2 flushed). Every configuration's output is first checked against the torch reference; one that misses
-is reported and not timed. The default shape is the largest Linear of the 136M-parameter BIG WAM (1024 x
-4096; 112 configurations, a few minutes on an H200 by estimate, not yet run); the space includes whole
-rows per load (a program then reads its rows in one pass).
+and of the fastest configurations (rows per program, columns or groups per load, warps), each timed like
+``benchmarks/export.py``'s GEMV table (copies of the layer in one CUDA graph, L2 flushed); then, on sm_90+,
+the default and those fastest again under programmatic dependent launch (``PDL``: each call starts, and
+loads its first weights, while the previous one finishes). Every configuration's output is first checked
+against the torch reference; one that misses is reported and not timed. The default shape is the largest
+Linear of the 136M-parameter BIG WAM (1024 x 4096; 56 configurations); the space includes whole rows per
+load (a program then reads its rows in one pass). Pipeline stages are not swept: ``--dry 90`` shows the
+same PTX for 1 and 3 stages in every configuration (no loop of these kernels is software-pipelined).
 
     python benchmarks/kernel_sweep.py [--shapes 1024x4096,2048x8192] [--top 5]
     TRITON_INTERPRET=1 python benchmarks/kernel_sweep.py --check   # no GPU: every configuration vs the reference, small shapes
+    python benchmarks/kernel_sweep.py --dry 90                      # no GPU: each configuration compiled for sm_90, its registers
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ SMALL = [(48, 512), (40, 1024)]  # --check shapes (N x K): whole groups, rows th
 
 def configs(precision: str, N: int, K: int, group: int) -> list[dict[str, int]]:
     """The launch space for one shape: loads from a quarter row up to whole rows (capped by the register
-    budget of 64 KB of weights per program), 1-8 rows per program, 4 or 8 warps, 1 or 3 stages."""
+    budget of 64 KB of weights per program), 1-8 rows per program, 4 or 8 warps."""
     if precision == "int4":
         half_groups = K // 2 // group
         widths = [g for g in (1, 2, 4, 8, 16, 32) if g <= half_groups and g * group <= 4096]
@@ -41,9 +44,9 @@ def configs(precision: str, N: int, K: int, group: int) -> list[dict[str, int]]:
         space = [{"BLOCK_K": k} for k in widths[-4:]]
         row_bytes = [c["BLOCK_K"] for c in space]
     out = []
-    for (load, width), rows, warps, stages in itertools.product(zip(space, row_bytes), (1, 2, 4, 8), (4, 8), (1, 3)):
+    for (load, width), rows, warps in itertools.product(zip(space, row_bytes), (1, 2, 4, 8), (4, 8)):
         if rows * width <= 65536:
-            out.append({**load, "BLOCK_N": rows, "num_warps": warps, "num_stages": stages})
+            out.append({**load, "BLOCK_N": rows, "num_warps": warps})
     return out
 
 
@@ -73,8 +76,10 @@ def matches(m: QuantizedLinear, x: torch.Tensor, gemv: dict[str, int] | None) ->
 
 
 def label(gemv: dict[str, int]) -> str:
+    if not gemv:
+        return "default"
     load = f"BG{gemv['BLOCK_G']}" if "BLOCK_G" in gemv else f"BK{gemv['BLOCK_K']}"
-    return f"BN{gemv['BLOCK_N']} {load} W{gemv['num_warps']} S{gemv['num_stages']}"
+    return f"BN{gemv['BLOCK_N']} {load} W{gemv['num_warps']}" + (" PDL" if gemv.get("PDL") else "")
 
 
 def check(args: argparse.Namespace) -> None:
@@ -88,6 +93,25 @@ def check(args: argparse.Namespace) -> None:
                 bad += 1
                 print(f"MISMATCH {precision} {N}x{K} {label(gemv)}")
     print(f"{total - bad}/{total} configurations match the reference")
+
+
+def dry(args: argparse.Namespace) -> None:
+    """Every configuration compiled for sm_``args.dry`` on CPU tensors (``compile_check``): registers,
+    spills and how many programs the register file lets a multiprocessor hold; no timing."""
+    from embodyhub.export.kernels.compile_check import dry_target
+
+    for shape in args.shapes.split(","):
+        N, K = (int(v) for v in shape.split("x"))
+        x = torch.randn(1, K, dtype=torch.bfloat16)
+        for precision in ("int8", "int4"):
+            m = layer(precision, N, K, "cpu", torch.bfloat16)
+            print(f"{precision} {N} x {K}, sm_{args.dry}:")
+            for gemv in [{}] + configs(precision, N, K, m.group_size):
+                with dry_target(args.dry) as launches:
+                    call(m, x, gemv or None)
+                (launch,) = launches
+                print(f"  {label(gemv):<18} programs {launch.grid[0]:>5}  registers {launch.registers:>3}  stack {launch.stack:>3} B  "
+                      f"programs/SM (registers) {launch.programs_per_sm:>2}  {launch.constants}")
 
 
 def sweep(args: argparse.Namespace) -> None:
@@ -121,12 +145,20 @@ def sweep(args: argparse.Namespace) -> None:
                     if not matches(m, x, gemv):
                         failed.append(f"{label(gemv)} (wrong output)")
                         continue
-                    rows.append((timed(gemv), label(gemv)))
+                    rows.append((timed(gemv), gemv))
                 except Exception as error:  # noqa: BLE001  (a configuration the compiler rejects is reported, not fatal)
                     failed.append(f"{label(gemv)} ({type(error).__name__})")
-            rows.sort()
-            best = "; ".join(f"{us:.2f} us {name} ({bf16 / us:.2f}x)" for us, name in rows[: args.top])
+            rows.sort(key=lambda row: row[0])
+            best = "; ".join(f"{us:.2f} us {label(gemv)} ({bf16 / us:.2f}x)" for us, gemv in rows[: args.top])
             print(f"{precision} {N} x {K}: bf16 torch {bf16:.2f} us, default {default:.2f} us ({bf16 / default:.2f}x); best: {best}", flush=True)
+            if torch.cuda.get_device_capability()[0] >= 9:
+                pdl = []
+                for gemv in [{}] + [gemv for _, gemv in rows[: args.top]]:
+                    try:
+                        pdl.append(f"{timed({**gemv, 'PDL': True}):.2f} us {label(gemv)}")
+                    except Exception as error:  # noqa: BLE001
+                        pdl.append(f"{label(gemv)} failed ({type(error).__name__}: {str(error)[:80]})")
+                print(f"  with PDL: {'; '.join(pdl)}", flush=True)
             if failed:
                 print(f"  not timed: {', '.join(failed)}")
 
@@ -136,8 +168,11 @@ def main() -> None:
     parser.add_argument("--shapes", default="1024x4096", help="comma-separated N x K (out x in features)")
     parser.add_argument("--top", type=int, default=5)
     parser.add_argument("--check", action="store_true", help="check every configuration against the reference (CPU, interpreter)")
+    parser.add_argument("--dry", type=int, metavar="ARCH", help="compile every configuration for this CUDA compute capability (no GPU) and list registers")
     args = parser.parse_args()
-    if args.check or not torch.cuda.is_available():
+    if args.dry:
+        dry(args)
+    elif args.check or not torch.cuda.is_available():
         check(args)
     else:
         sweep(args)

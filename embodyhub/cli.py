@@ -365,6 +365,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .export.runtime import bench_bundle
 
     manifest = verify_bundle(args.bundle)
+    if args.compile_for:
+        return _compile_for(args)
     rows = bench_bundle(args.bundle, args.repeats)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -374,6 +376,33 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for r in rows:
         flag = "" if r["total_ms"] <= r["budget_ms"] else "  OVER BUDGET"
         print(f"{r['robot']:<14} {r['backend']:<26} {r['graph_ms']:>9.2f} {r['total_ms']:>11.2f} {r['budget_ms']:>10.1f}{flag}")
+    return 0
+
+
+def _compile_for(args: argparse.Namespace) -> int:
+    """``bench --compile-for``: the bundle's GPU kernels compiled for each target, one table per target."""
+    from .export.kernels.compile_check import TARGETS, arch_number, launch_rows
+    from .export.runtime import compile_bundle
+
+    results = {}
+    for arch in map(arch_number, args.compile_for):
+        results[f"sm_{arch}"] = compile_bundle(args.bundle, arch, args.multiprocessors)
+    if args.json:
+        print(json.dumps({t: [{**r, "prefill": launch_rows(r["prefill"]), "decode": launch_rows(r["decode"])} for r in rows] for t, rows in results.items()}, indent=2))
+        return 0
+    for target, rows in results.items():
+        gpu, sms = TARGETS.get(int(target[3:]), ("", 0))
+        for r in rows:
+            print(f"\n{target} ({gpu or 'unlisted GPU'}, {args.multiprocessors or sms or 132} multiprocessors), {r['robot']}: "
+                  f"every kernel compiled; launches per chunk = prefill + {r['steps']} steps")
+            print(f"{'kernel':<28} {'phase':<7} {'per':>5} {'grid':>14} {'warps':>5} {'stages':>6} {'regs':>5} {'stack B':>7} {'shared B':>8} {'progs/SM':>8}  constants")
+            for phase, per in (("prefill", 1), ("decode", r["steps"])):
+                for launch, n in sorted(r[phase].items(), key=lambda item: item[0].kernel):
+                    grid = "x".join(map(str, launch.grid))
+                    print(f"{launch.kernel:<28} {phase:<7} {n / per:>5.0f} {grid:>14} {launch.num_warps:>5} {launch.num_stages:>6} {launch.registers:>5} "
+                          f"{launch.stack:>7} {launch.shared:>8} {launch.programs_per_sm:>8}  {launch.constants}")
+    spills = sorted({f"{t} {launch.kernel}" for t, rows in results.items() for r in rows for phase in ("prefill", "decode") for launch in r[phase] if launch.stack})
+    print("\n" + (f"register spills (stack > 0): {', '.join(spills)}" if spills else "no kernel spills registers (stack 0 everywhere)"))
     return 0
 
 
@@ -463,6 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", required=True, help="bundle folder written by `embodyhub export`")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--compile-for", action="append", metavar="ARCH",
+                   help="instead of timing: compile the GPU runtime's kernels for this CUDA target (90, sm_110, thor; repeatable) on this machine, "
+                        "no GPU needed, and list each launch's registers, spills and shared memory")
+    p.add_argument("--multiprocessors", type=int, help="with --compile-for: the GPU's multiprocessor count (default: the target's usual)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("push", help="publish a model, adapter or export bundle folder to the Hub with its model card")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -291,6 +294,66 @@ def test_bundle_manifest_cli_runtime_and_bench(tmp_path, capsys):
     (out / "policy_panda.onnx").write_bytes((out / "policy_panda.onnx").read_bytes() + b"\0")
     with pytest.raises(EmbodyHubError, match="manifest hash"):
         verify_bundle(out)
+
+
+def _cuda_compiler() -> bool:
+    """Triton with its CUDA backend's tools: kernels compile for a GPU without one."""
+    from embodyhub.export.kernels import triton_module
+    from embodyhub.export.kernels.compile_check import cuda_tools_available
+
+    return triton_module() is not None and cuda_tools_available()
+
+
+@pytest.mark.skipif(not _cuda_compiler(), reason="needs triton with its CUDA compiler tools")
+def test_bench_compile_for_compiles_every_kernel_of_a_chunk_for_hopper_and_thor(tmp_path):
+    """``bench --compile-for``: a bundle's GPU decode compiled for sm_90 and sm_110 on this CPU machine, every
+    fused kernel of a step launched, none spilling registers, and the GEMVs again under programmatic
+    dependent launch; Triton's driver restored afterwards. In a fresh process: the kernel tests may have
+    built the kernels for Triton's interpreter in this one."""
+    from embodyhub.cli import main
+
+    model, processor = tiny()
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    bundle = tmp_path / "bundle"
+    assert main(["export", "--model", str(tmp_path / "model"), "--precision", "int4", "--out", str(bundle)]) == 0
+    script = (
+        "import contextlib, io, json, os, sys\n"
+        "from triton.runtime.driver import driver\n"
+        "from embodyhub.cli import main\n"
+        "from embodyhub.export.kernels import triton_kernels as tk\n"
+        "before = driver._active\n"
+        "def compile_for(*targets):\n"
+        "    out = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out):\n"
+        "        assert main(['bench', '--bundle', sys.argv[1], '--json'] + [a for t in targets for a in ('--compile-for', t)]) == 0\n"
+        "    return json.loads(out.getvalue())\n"
+        "plain = compile_for('90', 'thor')\n"
+        "tk.PDL = True\n"
+        "pdl = compile_for('90')\n"
+        "assert driver._active is before and tk.HOST_GPU == {'multiprocessors': 8, 'capability': 0} and 'EMBODYHUB_KERNELS' not in os.environ\n"
+        "print(json.dumps({'plain': plain, 'pdl': pdl}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "EMBODYHUB_KERNELS")}
+    result = subprocess.run([sys.executable, "-c", script, str(bundle)], env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(result.stdout)
+    targets = runs["plain"]
+    assert set(targets) == {"sm_90", "sm_110"}
+    # with programmatic dependent launch switched on, the GEMVs that support it compile with it for sm_90
+    (pdl,) = runs["pdl"]["sm_90"]
+    gemvs = [launch for launch in pdl["decode"] if launch["kernel"] == "_int8_gemv_kernel"]  # the action head (int8 at every precision)
+    assert gemvs and all("PDL=True" in launch["constants"] and launch["stack"] == 0 for launch in gemvs)
+    assert all("PDL=False" in launch["constants"] for launch in targets["sm_90"][0]["decode"] if launch["kernel"] == "_int8_gemv_kernel")
+    fused = {"_int4_gemv_kernel", "_add_rmsnorm_kernel", "_rope_cache_kernel", "_decode_attention_kernel", "_silu_mul_kernel", "_step_inputs_kernel", "_greedy_advance_kernel"}
+    for (robot,) in targets.values():
+        assert robot["robot"] == "panda" and robot["steps"] == processor.schedule(processor.resolve("panda"))[0].numel() - 1
+        decode = robot["decode"]
+        assert fused <= {launch["kernel"] for launch in decode}
+        assert all(launch["count"] % robot["steps"] == 0 for launch in decode)  # the same kernels every step
+        assert "_int4_gemm_kernel" in {launch["kernel"] for launch in robot["prefill"]}  # the prefix: more rows than a GEMV takes
+        for launch in decode + robot["prefill"]:
+            assert launch["stack"] == 0 and 0 < launch["registers"] <= 255 and launch["programs_per_sm"] >= 1, launch
 
 
 def test_export_merges_a_lora_adapter(tmp_path):

@@ -214,15 +214,33 @@ class _PrefixCache:
         return key_states, value_states
 
 
+def runtime_model(bundle: str | os.PathLike) -> WamForActionPrediction:
+    """A bundle's quantized model as the GPU runtime runs it: decoder layers fused, on the host (move it to
+    the device with ``.cuda()``)."""
+    from .fused import fuse_decoder
+    from .quantize import load_quantized
+
+    return fuse_decoder(load_quantized(bundle))
+
+
+def compile_bundle(bundle: str | os.PathLike, arch: int, multiprocessors: int | None = None) -> list[dict[str, Any]]:
+    """Every robot's chunk decode of a bundle compiled for CUDA compute capability ``arch`` on this machine
+    (no GPU needed; ``kernels.compile_check``): per robot the kernel launches of the prefill and of one step."""
+    from .kernels.compile_check import compile_decoder
+
+    model, processor = runtime_model(bundle), WamProcessor.from_pretrained(bundle)
+    return [
+        {"robot": e["robot"], **compile_decoder(model, processor, e["robot"], arch, int(e["io"]["inputs"][0]["shape"][0]), multiprocessors)}
+        for e in json.loads((Path(bundle) / MANIFEST_NAME).read_text())["embodiments"]
+    ]
+
+
 def bench_bundle(bundle: str | os.PathLike, repeats: int = 20) -> list[dict[str, Any]]:
     """Latency per chunk of every robot in a bundle: onnxruntime on CPU (graph alone, and with the host's
     native decode), plus on a CUDA device the quantized model in PyTorch with the fused Triton kernels
     (which read the quantized weights directly: no float copy). ``total_ms`` includes the host's native decode."""
-    from .fused import fuse_decoder
-    from .quantize import load_quantized
-
     rows: list[dict[str, Any]] = []
-    gpu_model = fuse_decoder(load_quantized(bundle).cuda()) if torch.cuda.is_available() else None
+    gpu_model = runtime_model(bundle).cuda() if torch.cuda.is_available() else None
     for entry in json.loads((Path(bundle) / MANIFEST_NAME).read_text())["embodiments"]:
         rows += _bench_robot(OnnxPolicy(bundle, entry["robot"]), entry["budget_ms"], repeats, gpu_model)
     return rows

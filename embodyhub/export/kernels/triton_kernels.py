@@ -9,6 +9,7 @@ imported) on CPU tensors, and ``benchmarks/export.py`` times them on a GPU.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import triton
@@ -17,7 +18,25 @@ from torch import Tensor
 
 from . import reference
 
+try:  # programmatic dependent launch (Hopper and later GPUs; Triton >= 3.3)
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # older Triton: PDL stays off (``_pdl``), these are never compiled in
+
+    @triton.jit
+    def gdc_wait():
+        pass
+
+    @triton.jit
+    def gdc_launch_dependents():
+        pass
+
+
 GEMV_MAX_ROWS = 8  # up to this many rows of x a per-row GEMV beats the tiled tensor-core GEMM
+# The GPU that launches on CPU tensors plan for: a stand-in under the interpreter; compile_check sets its target's.
+HOST_GPU = {"multiprocessors": 8, "capability": 0}
+# Launch the batch-1 GEMVs with programmatic dependent launch on sm_90+: each starts, and reads its weights,
+# while the kernel before it finishes. Off until timed on a GPU (benchmarks/kernel_sweep.py, export.py).
+PDL = False
 
 
 @triton.jit
@@ -39,22 +58,44 @@ def _gemv_store(acc, b_ptr, r_ptr, y_ptr, row, n, n_ok, stride_rm, stride_ym, HA
 
 
 @triton.jit
+def _pdl_wait(PDL: tl.constexpr):
+    """Under programmatic dependent launch: wait until the previous kernel's writes are visible (a GEMV loads
+    its first weights before this, so they stream in while that kernel finishes), then let the next launch."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+
+
+@triton.jit
+def _int8_tile(q_ptr, n, n_ok, k0, K, BLOCK_K: tl.constexpr):
+    """The int8 codes of a GEMV's rows ``n`` at columns ``k0 .. k0 + BLOCK_K``."""
+    k = k0 + tl.arange(0, BLOCK_K)
+    return tl.load(q_ptr + n[:, None] * K + k[None, :], mask=n_ok[:, None] & (k < K)[None, :], other=0)
+
+
+@triton.jit
+def _int8_tile_dot(w, x_ptr, k0, K, BLOCK_K: tl.constexpr):
+    k = k0 + tl.arange(0, BLOCK_K)
+    x = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+    return tl.sum(w.to(tl.float32) * x[None, :], 1)
+
+
+@triton.jit
 def _int8_gemv_kernel(
     x_ptr, q_ptr, s_ptr, b_ptr, r_ptr, y_ptr, N, K, stride_xm, stride_rm, stride_ym,
-    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     row = tl.program_id(1)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
-    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = k < K
-        x = tl.load(x_ptr + row * stride_xm + k, mask=k_ok, other=0.0).to(tl.float32)
-        w = tl.load(q_ptr + n[:, None] * K + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0).to(tl.float32)
-        acc += tl.sum(w * x[None, :], 1)
-    acc = acc * tl.load(s_ptr + n, mask=n_ok, other=0.0)
-    _gemv_store(acc, b_ptr, r_ptr, y_ptr, row, n, n_ok, stride_rm, stride_ym, HAS_BIAS, HAS_RESIDUAL)
+    x_row = x_ptr + row * stride_xm
+    scale = tl.load(s_ptr + n, mask=n_ok, other=0.0)
+    w = _int8_tile(q_ptr, n, n_ok, 0, K, BLOCK_K)  # the first tile is peeled: its loads precede the wait
+    _pdl_wait(PDL)
+    acc = _int8_tile_dot(w, x_row, 0, K, BLOCK_K)
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        acc += _int8_tile_dot(_int8_tile(q_ptr, n, n_ok, k0, K, BLOCK_K), x_row, k0, K, BLOCK_K)
+    _gemv_store(acc * scale, b_ptr, r_ptr, y_ptr, row, n, n_ok, stride_rm, stride_ym, HAS_BIAS, HAS_RESIDUAL)
 
 
 @triton.jit
@@ -107,33 +148,57 @@ def _int4_gemv_kernel(
 
 
 @triton.jit
+def _int4_groups(q_ptr, s_ptr, z_ptr, n, n_ok, g0, KH, GROUPS, HALF, GROUP: tl.constexpr, BLOCK_G: tl.constexpr):
+    """The weights of a grouped int4 GEMV's rows ``n`` at groups ``g0 .. g0 + BLOCK_G`` of each half of K:
+    packed codes ``[BLOCK_N, BLOCK_G, GROUP]``, then the low and high halves' scales and zero points."""
+    g = g0 + tl.arange(0, BLOCK_G)
+    g_ok = g < HALF
+    j = g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]  # packed columns [BLOCK_G, GROUP]
+    packed = tl.load(q_ptr + n[:, None, None] * KH + j[None, :, :], mask=n_ok[:, None, None] & g_ok[None, :, None], other=0)
+    ok = n_ok[:, None] & g_ok[None, :]
+    at = n[:, None] * GROUPS + g[None, :]
+    s_lo = tl.load(s_ptr + at, mask=ok, other=0.0)
+    s_hi = tl.load(s_ptr + at + HALF, mask=ok, other=0.0)
+    z_lo = tl.load(z_ptr + at, mask=ok, other=0)
+    z_hi = tl.load(z_ptr + at + HALF, mask=ok, other=0)
+    return packed, s_lo, s_hi, z_lo, z_hi
+
+
+@triton.jit
+def _int4_groups_dot(packed, s_lo, s_hi, z_lo, z_hi, x_ptr, g0, KH, HALF, GROUP: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Per group ``scale * (codes . x - zero * sum(x))``, summed over the groups: ``[BLOCK_N]``."""
+    g = g0 + tl.arange(0, BLOCK_G)
+    g_ok = g < HALF
+    j = g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    x_lo = tl.load(x_ptr + j, mask=g_ok[:, None], other=0.0).to(tl.float32)
+    x_hi = tl.load(x_ptr + KH + j, mask=g_ok[:, None], other=0.0).to(tl.float32)
+    codes = packed.to(tl.int32)
+    dot_lo = tl.sum((codes & 15).to(tl.float32) * x_lo[None, :, :], 2)
+    dot_hi = tl.sum((codes >> 4).to(tl.float32) * x_hi[None, :, :], 2)
+    lo = s_lo.to(tl.float32) * (dot_lo - z_lo.to(tl.float32) * tl.sum(x_lo, 1)[None, :])
+    hi = s_hi.to(tl.float32) * (dot_hi - z_hi.to(tl.float32) * tl.sum(x_hi, 1)[None, :])
+    return tl.sum(lo + hi, 1)
+
+
+@triton.jit
 def _int4_gemv_grouped_kernel(
     x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, r_ptr, y_ptr, N, KH, GROUPS, stride_xm, stride_rm, stride_ym,
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+    PDL: tl.constexpr,
 ):
-    """The int4 GEMV when both halves of K are whole groups (``K == 2 * KH``, ``KH % GROUP == 0``): per group
-    ``scale * (codes . x - zero * sum(x))``, so scales and zero points are loaded once per group, not per code."""
+    """The int4 GEMV when both halves of K are whole groups (``K == 2 * KH``, ``KH % GROUP == 0``): scales and
+    zero points are loaded once per group, not per code."""
     row = tl.program_id(1)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
-    half_groups = KH // GROUP
-    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for g0 in range(0, half_groups, BLOCK_G):
-        g = g0 + tl.arange(0, BLOCK_G)
-        g_ok = g < half_groups
-        j = g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]  # packed columns [BLOCK_G, GROUP]
-        packed = tl.load(q_ptr + n[:, None, None] * KH + j[None, :, :], mask=n_ok[:, None, None] & g_ok[None, :, None], other=0).to(tl.int32)
-        x_lo = tl.load(x_ptr + row * stride_xm + j, mask=g_ok[:, None], other=0.0).to(tl.float32)
-        x_hi = tl.load(x_ptr + row * stride_xm + KH + j, mask=g_ok[:, None], other=0.0).to(tl.float32)
-        dot_lo = tl.sum((packed & 15).to(tl.float32) * x_lo[None, :, :], 2)
-        dot_hi = tl.sum((packed >> 4).to(tl.float32) * x_hi[None, :, :], 2)
-        ok = n_ok[:, None] & g_ok[None, :]
-        at = n[:, None] * GROUPS + g[None, :]
-        s_lo = tl.load(s_ptr + at, mask=ok, other=0.0).to(tl.float32)
-        s_hi = tl.load(s_ptr + at + half_groups, mask=ok, other=0.0).to(tl.float32)
-        z_lo = tl.load(z_ptr + at, mask=ok, other=0).to(tl.float32)
-        z_hi = tl.load(z_ptr + at + half_groups, mask=ok, other=0).to(tl.float32)
-        acc += tl.sum(s_lo * (dot_lo - z_lo * tl.sum(x_lo, 1)[None, :]) + s_hi * (dot_hi - z_hi * tl.sum(x_hi, 1)[None, :]), 1)
+    half = KH // GROUP
+    x_row = x_ptr + row * stride_xm
+    packed, s_lo, s_hi, z_lo, z_hi = _int4_groups(q_ptr, s_ptr, z_ptr, n, n_ok, 0, KH, GROUPS, half, GROUP, BLOCK_G)  # peeled: loads before the wait
+    _pdl_wait(PDL)
+    acc = _int4_groups_dot(packed, s_lo, s_hi, z_lo, z_hi, x_row, 0, KH, half, GROUP, BLOCK_G)
+    for g0 in range(BLOCK_G, half, BLOCK_G):
+        p, sl, sh, zl, zh = _int4_groups(q_ptr, s_ptr, z_ptr, n, n_ok, g0, KH, GROUPS, half, GROUP, BLOCK_G)
+        acc += _int4_groups_dot(p, sl, sh, zl, zh, x_row, g0, KH, half, GROUP, BLOCK_G)
     _gemv_store(acc, b_ptr, r_ptr, y_ptr, row, n, n_ok, stride_rm, stride_ym, HAS_BIAS, HAS_RESIDUAL)
 
 
@@ -310,8 +375,16 @@ def _gemv_blocks(x: Tensor, N: int, K: int, widest_k: int) -> tuple[int, int]:
     is latency-bound: many programs of few rows (about eight per multiprocessor, at least 4 rows), each
     reading long rows (``widest_k`` columns per load). Measured on an H200 (``benchmarks/export.py``): 4
     rows x 512 packed int4 bytes and 4 rows x 1024 int8 columns with 8 warps were fastest."""
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 8
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else HOST_GPU["multiprocessors"]
     return _pow2(triton.cdiv(N, 8 * sms), 4, 64), _pow2(K, 16, widest_k)
+
+
+def _gemv_launch(x: Tensor, block_n: int, block_k: dict[str, int], gemv: dict[str, Any] | None, **options: int) -> dict[str, Any]:
+    """A GEMV's launch arguments: the blocks, ``PDL`` (on with the module switch on sm_90+), then the overrides;
+    ``launch_pdl`` follows ``PDL`` (and is left out when off, for Triton builds without it)."""
+    major = torch.cuda.get_device_capability(x.device)[0] if x.is_cuda else HOST_GPU["capability"]
+    launch = {"BLOCK_N": block_n, **block_k, **options, "PDL": PDL and major >= 9, **(gemv or {})}
+    return {**launch, "launch_pdl": True} if launch["PDL"] else launch
 
 
 def _rows(x: Tensor) -> Tensor:
@@ -320,10 +393,10 @@ def _rows(x: Tensor) -> Tensor:
 
 
 def int8_linear(
-    x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None = None, residual: Tensor | None = None, gemv: dict[str, int] | None = None
+    x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None = None, residual: Tensor | None = None, gemv: dict[str, Any] | None = None
 ) -> Tensor:
     """Fused int8 dequant + matmul (+ ``residual`` in the GEMV's epilogue); matches ``reference.int8_linear``.
-    ``gemv`` overrides the GEMV launch (``BLOCK_N``, ``BLOCK_K``, ``num_warps``, ``num_stages``), for
+    ``gemv`` overrides the GEMV launch (``BLOCK_N``, ``BLOCK_K``, ``num_warps``, ``num_stages``, ``PDL``), for
     block-size sweeps."""
     x2 = _rows(x)
     M, K = x2.shape
@@ -333,7 +406,7 @@ def int8_linear(
     if M <= GEMV_MAX_ROWS:
         r = _rows(residual.reshape(M, N)) if residual is not None else y
         block_n, block_k = _gemv_blocks(x2, N, K, 1024)
-        launch = {"BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": 8, **(gemv or {})}
+        launch = _gemv_launch(x2, block_n, {"BLOCK_K": block_k}, gemv, num_warps=8)
         _int8_gemv_kernel[(triton.cdiv(N, launch["BLOCK_N"]), M)](
             x2, qweight, scale, b, r, y, N, K, x2.stride(0), r.stride(0), y.stride(0), bias is not None, residual is not None, **launch,
         )
@@ -345,11 +418,11 @@ def int8_linear(
 
 def int4_linear(
     x: Tensor, qweight: Tensor, scale: Tensor, zero: Tensor, group_size: int, bias: Tensor | None = None, residual: Tensor | None = None,
-    gemv: dict[str, int] | None = None,
+    gemv: dict[str, Any] | None = None,
 ) -> Tensor:
     """Fused int4 (group-wise, half-split packing) dequant + matmul (+ ``residual`` in the GEMV's epilogue);
     matches ``reference.int4_linear``. ``gemv`` overrides the grouped GEMV launch (``BLOCK_N``, ``BLOCK_G``
-    groups per load, ``num_warps``, ``num_stages``), for block-size sweeps."""
+    groups per load, ``num_warps``, ``num_stages``, ``PDL``), for block-size sweeps."""
     x2 = _rows(x)
     M, K = x2.shape
     N, KH = qweight.shape
@@ -358,15 +431,17 @@ def int4_linear(
     groups = scale.shape[1]
     if M > GEMV_MAX_ROWS:
         grid = (triton.cdiv(M, 32), triton.cdiv(N, 64))
+        # float32 dots take the FMA path: at BLOCK_K 32 they spill registers for sm_90/sm_110 (compile_check), at 16 with 8 warps not
+        block_k, warps = (16, 8) if x2.dtype == torch.float32 else (32, 4)
         _int4_gemm_kernel[grid](
             x2, qweight, scale, zero, b, y, M, N, K, KH, groups, group_size, x2.stride(0), y.stride(0),
-            bias is not None, BLOCK_M=32, BLOCK_N=64, BLOCK_K=32,
+            bias is not None, BLOCK_M=32, BLOCK_N=64, BLOCK_K=block_k, num_warps=warps,
         )
         return reference.plus_residual(y.reshape(*x.shape[:-1], N), residual)
     r = _rows(residual.reshape(M, N)) if residual is not None else y
     if K == 2 * KH and KH % group_size == 0 and group_size == triton.next_power_of_2(group_size):
         block_n, block_k = _gemv_blocks(x2, N, KH, 512)
-        launch = {"BLOCK_N": block_n, "BLOCK_G": max(1, block_k // group_size), **(gemv or {})}
+        launch = _gemv_launch(x2, block_n, {"BLOCK_G": max(1, block_k // group_size)}, gemv)
         _int4_gemv_grouped_kernel[(triton.cdiv(N, launch["BLOCK_N"]), M)](
             x2, qweight, scale, zero, b, r, y, N, KH, groups, x2.stride(0), r.stride(0), y.stride(0), bias is not None, residual is not None,
             GROUP=group_size, **launch,
