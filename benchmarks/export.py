@@ -12,9 +12,10 @@ configs (BIG: 8 layers of 1024; WIDE: 2 layers of 2048), bf16 torch vs the fused
 kernels (GPU time per call inside a CUDA graph, L2 flushed), next to the bandwidth floor (weight bytes /
 measured device copy bandwidth); and each config's chunk decode at bf16 / int8 / int4 through
 ``GraphedDecoder`` (fused layers; CUDA graph replays: the prefill, then one per token) vs its floor, with
-eager decoding for comparison and the profiler's count of kernels per step. On sm_90+ the quantized GEMVs
-are also timed under programmatic dependent launch (``int4 pdl``: each GEMV starts, and loads its first
-weights, while the kernel before it finishes), and those chunks' tokens are checked against the plain ones.
+eager decoding for comparison and the profiler's count of kernels per step. On sm_90+ each precision is
+decoded again with the Triton kernels under programmatic dependent launch (``int4 pdl``: each kernel starts
+while the one before it finishes, a GEMV loading its first weights meanwhile), and those chunks' tokens are
+checked against the plain ones; the GEMV table adds the int4 GEMV so launched.
 
     python benchmarks/export.py [--model DIR] [--robot panda] [--episodes 50] [--sizes] [--out /tmp/eh_export_bench]
 
@@ -261,7 +262,7 @@ def pdl_capable() -> bool:
 
 @contextlib.contextmanager
 def pdl(on: bool) -> Iterator[None]:
-    """The fused GEMVs launched with programmatic dependent launch inside the block (``triton_kernels.PDL``)."""
+    """The Triton kernels launched with programmatic dependent launch inside the block (``triton_kernels.PDL``)."""
     from embodyhub.export.kernels import triton_kernels
 
     saved, triton_kernels.PDL = triton_kernels.PDL, on
@@ -317,7 +318,7 @@ def chunk_table(bandwidth: float, robot: str) -> None:
     print(f"\nchunk decode, {robot} (chunk_length 8: {length} action tokens), batch 1, random weights; floor = {length} x bytes a step reads / bandwidth")
     print(f"{'config':<6} {'precision':<9} {'params M':>8} {'step MB':>7} {'eager ms':>8} {'chunk ms':>8} {'decode ms':>9} {'step us':>7} {'floor us':>8} "
           f"{'step/floor':>10} {'decode/floor':>12} {'kernels':>8} {'graph=eager':>11} {'vs bf16':>7}")
-    precisions = ["bf16", "int8", "int4"] + (["int8 pdl", "int4 pdl"] if pdl_capable() else [])
+    precisions = ["bf16", "int8", "int4"] + (["int4 pdl", "int8 pdl", "bf16 pdl"] if pdl_capable() else [])
     for label, cfg in (("BIG", BIG), ("WIDE", WIDE)):
         chunks: dict[str, torch.Tensor] = {}
         for precision in precisions:

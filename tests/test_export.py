@@ -340,11 +340,10 @@ def test_bench_compile_for_compiles_every_kernel_of_a_chunk_for_hopper_and_thor(
     runs = json.loads(result.stdout)
     targets = runs["plain"]
     assert set(targets) == {"sm_90", "sm_110"}
-    # with programmatic dependent launch switched on, the GEMVs that support it compile with it for sm_90
+    # with programmatic dependent launch switched on, every kernel of the chunk compiles with it for sm_90
     (pdl,) = runs["pdl"]["sm_90"]
-    gemvs = [launch for launch in pdl["decode"] if launch["kernel"] == "_int8_gemv_kernel"]  # the action head (int8 at every precision)
-    assert gemvs and all("PDL=True" in launch["constants"] and launch["stack"] == 0 for launch in gemvs)
-    assert all("PDL=False" in launch["constants"] for launch in targets["sm_90"][0]["decode"] if launch["kernel"] == "_int8_gemv_kernel")
+    assert all("PDL=True" in launch["constants"] and launch["stack"] == 0 for launch in pdl["decode"] + pdl["prefill"])
+    assert all("PDL=False" in launch["constants"] for launch in targets["sm_90"][0]["decode"])
     fused = {"_int4_gemv_kernel", "_add_rmsnorm_kernel", "_rope_cache_kernel", "_decode_attention_kernel", "_silu_mul_kernel", "_step_inputs_kernel", "_greedy_advance_kernel"}
     for (robot,) in targets.values():
         assert robot["robot"] == "panda" and robot["steps"] == processor.schedule(processor.resolve("panda"))[0].numel() - 1

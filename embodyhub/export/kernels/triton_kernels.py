@@ -34,8 +34,9 @@ except ImportError:  # older Triton: PDL stays off (``_pdl``), these are never c
 GEMV_MAX_ROWS = 8  # up to this many rows of x a per-row GEMV beats the tiled tensor-core GEMM
 # The GPU that launches on CPU tensors plan for: a stand-in under the interpreter; compile_check sets its target's.
 HOST_GPU = {"multiprocessors": 8, "capability": 0}
-# Launch the batch-1 GEMVs with programmatic dependent launch on sm_90+: each starts, and reads its weights,
-# while the kernel before it finishes. Off until timed on a GPU (benchmarks/kernel_sweep.py, export.py).
+# Programmatic dependent launch of the decode kernels on sm_90+: each starts while the kernel before it finishes
+# (a GEMV loads its first weights meanwhile) and waits for that kernel's writes only before reading its inputs.
+# Off until timed on a GPU (benchmarks/kernel_sweep.py, export.py).
 PDL = False
 
 
@@ -59,8 +60,9 @@ def _gemv_store(acc, b_ptr, r_ptr, y_ptr, row, n, n_ok, stride_rm, stride_ym, HA
 
 @triton.jit
 def _pdl_wait(PDL: tl.constexpr):
-    """Under programmatic dependent launch: wait until the previous kernel's writes are visible (a GEMV loads
-    its first weights before this, so they stream in while that kernel finishes), then let the next launch."""
+    """Under programmatic dependent launch: wait until the previous kernel's writes are visible (nothing it
+    wrote may be read before this; a GEMV loads its first weights before it, so they stream in while that
+    kernel finishes), then let the next kernel launch."""
     if PDL:
         gdc_wait()
         gdc_launch_dependents()
@@ -101,8 +103,9 @@ def _int8_gemv_kernel(
 @triton.jit
 def _int8_gemm_kernel(
     x_ptr, q_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
-    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
+    _pdl_wait(PDL)
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok, n_ok = m < M, n < N
@@ -122,8 +125,9 @@ def _int8_gemm_kernel(
 @triton.jit
 def _int4_gemv_kernel(
     x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, r_ptr, y_ptr, N, K, KH, GROUPS, GROUP, stride_xm, stride_rm, stride_ym,
-    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
+    _pdl_wait(PDL)
     row = tl.program_id(1)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
@@ -205,8 +209,9 @@ def _int4_gemv_grouped_kernel(
 @triton.jit
 def _int4_gemm_kernel(
     x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, KH, GROUPS, GROUP, stride_xm, stride_ym,
-    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
+    _pdl_wait(PDL)
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok, n_ok = m < M, n < N
@@ -233,7 +238,8 @@ def _int4_gemm_kernel(
 
 
 @triton.jit
-def _add_rmsnorm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, h_ptr, D, eps, HAS_RESIDUAL: tl.constexpr, BLOCK_D: tl.constexpr):
+def _add_rmsnorm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, h_ptr, D, eps, HAS_RESIDUAL: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr):
+    _pdl_wait(PDL)
     row = tl.program_id(0)
     d = tl.arange(0, BLOCK_D)
     ok = d < D
@@ -263,8 +269,9 @@ def _rotate(ptr, d, rd, sign, ok, c, s):
 @triton.jit
 def _rope_cache_kernel(
     q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, keys_ptr, values_ptr, slot_ptr, out_ptr, H, D, sqb, skb, svb,
-    ckb, ckh, ckt, cvb, cvh, cvt, BLOCK_D: tl.constexpr,
+    ckb, ckh, ckt, cvb, cvh, cvt, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
 ):
+    _pdl_wait(PDL)
     b = tl.program_id(0)
     h = tl.program_id(1)
     d = tl.arange(0, BLOCK_D)
@@ -282,7 +289,8 @@ def _rope_cache_kernel(
 
 
 @triton.jit
-def _silu_mul_kernel(x_ptr, y_ptr, INNER, BLOCK: tl.constexpr):
+def _silu_mul_kernel(x_ptr, y_ptr, INNER, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    _pdl_wait(PDL)
     row = tl.program_id(0)
     i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = i < INNER
@@ -297,8 +305,9 @@ def _silu_mul_kernel(x_ptr, y_ptr, INNER, BLOCK: tl.constexpr):
 def _decode_attention_kernel(
     q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, T, D, H, scale,
     sqb, sqh, skb, skh, skt, svb, svh, svt, sob, soh,
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
 ):
+    _pdl_wait(PDL)
     b = tl.program_id(0)
     h = tl.program_id(1)
     d = tl.arange(0, BLOCK_D)
@@ -328,8 +337,9 @@ def _decode_attention_kernel(
 @triton.jit
 def _step_inputs_kernel(
     tok_ptr, i_ptr, e_ptr, s_ptr, cos_ptr, sin_ptr, c_ptr, p_ptr, h_ptr, co_ptr, so_ptr, m_ptr, pos_ptr, H, D, T, first_slot,
-    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, PDL: tl.constexpr,
 ):
+    _pdl_wait(PDL)
     b = tl.program_id(0)
     i = tl.load(i_ptr)
     if b == 0:
@@ -353,8 +363,9 @@ def _step_inputs_kernel(
 
 
 @triton.jit
-def _greedy_advance_kernel(l_ptr, tok_ptr, toks_ptr, i_ptr, B, bins, stride_l, L, BLOCK_V: tl.constexpr):
+def _greedy_advance_kernel(l_ptr, tok_ptr, toks_ptr, i_ptr, B, bins, stride_l, L, BLOCK_V: tl.constexpr, PDL: tl.constexpr):
     """One program for the whole batch, so the counter is read by every row before it is advanced."""
+    _pdl_wait(PDL)
     i = tl.load(i_ptr)
     v = tl.arange(0, BLOCK_V)
     ok = v < bins
@@ -379,12 +390,21 @@ def _gemv_blocks(x: Tensor, N: int, K: int, widest_k: int) -> tuple[int, int]:
     return _pow2(triton.cdiv(N, 8 * sms), 4, 64), _pow2(K, 16, widest_k)
 
 
-def _gemv_launch(x: Tensor, block_n: int, block_k: dict[str, int], gemv: dict[str, Any] | None, **options: int) -> dict[str, Any]:
-    """A GEMV's launch arguments: the blocks, ``PDL`` (on with the module switch on sm_90+), then the overrides;
-    ``launch_pdl`` follows ``PDL`` (and is left out when off, for Triton builds without it)."""
+def _pdl(x: Tensor) -> bool:
+    """Programmatic dependent launch for kernels on ``x``'s GPU: the module switch ``PDL``, on sm_90+."""
     major = torch.cuda.get_device_capability(x.device)[0] if x.is_cuda else HOST_GPU["capability"]
-    launch = {"BLOCK_N": block_n, **block_k, **options, "PDL": PDL and major >= 9, **(gemv or {})}
-    return {**launch, "launch_pdl": True} if launch["PDL"] else launch
+    return PDL and major >= 9
+
+
+def _pdl_args(pdl: bool) -> dict[str, bool]:
+    """The kernel's ``PDL`` flag and, when on, the launch option (left out when off, for Triton builds without it)."""
+    return {"PDL": True, "launch_pdl": True} if pdl else {"PDL": False}
+
+
+def _gemv_launch(x: Tensor, block_n: int, block_k: dict[str, int], gemv: dict[str, Any] | None, **options: int) -> dict[str, Any]:
+    """A GEMV's launch arguments: the blocks, ``PDL`` (``_pdl``), then the overrides."""
+    launch = {"BLOCK_N": block_n, **block_k, **options, "PDL": _pdl(x), **(gemv or {})}
+    return {**launch, **_pdl_args(launch["PDL"])}
 
 
 def _rows(x: Tensor) -> Tensor:
@@ -412,7 +432,9 @@ def int8_linear(
         )
         return y.reshape(*x.shape[:-1], N)
     grid = (triton.cdiv(M, 32), triton.cdiv(N, 64))
-    _int8_gemm_kernel[grid](x2, qweight, scale, b, y, M, N, K, x2.stride(0), y.stride(0), bias is not None, BLOCK_M=32, BLOCK_N=64, BLOCK_K=32)
+    _int8_gemm_kernel[grid](
+        x2, qweight, scale, b, y, M, N, K, x2.stride(0), y.stride(0), bias is not None, BLOCK_M=32, BLOCK_N=64, BLOCK_K=32, **_pdl_args(_pdl(x2)),
+    )
     return reference.plus_residual(y.reshape(*x.shape[:-1], N), residual)
 
 
@@ -435,7 +457,7 @@ def int4_linear(
         block_k, warps = (16, 8) if x2.dtype == torch.float32 else (32, 4)
         _int4_gemm_kernel[grid](
             x2, qweight, scale, zero, b, y, M, N, K, KH, groups, group_size, x2.stride(0), y.stride(0),
-            bias is not None, BLOCK_M=32, BLOCK_N=64, BLOCK_K=block_k, num_warps=warps,
+            bias is not None, BLOCK_M=32, BLOCK_N=64, BLOCK_K=block_k, num_warps=warps, **_pdl_args(_pdl(x2)),
         )
         return reference.plus_residual(y.reshape(*x.shape[:-1], N), residual)
     r = _rows(residual.reshape(M, N)) if residual is not None else y
@@ -450,7 +472,7 @@ def int4_linear(
         block_n, block_k = _gemv_blocks(x2, N, KH, 256)
         _int4_gemv_kernel[(triton.cdiv(N, block_n), M)](
             x2, qweight, scale, zero, b, r, y, N, K, KH, groups, group_size, x2.stride(0), r.stride(0), y.stride(0),
-            bias is not None, residual is not None, BLOCK_N=block_n, BLOCK_K=block_k,
+            bias is not None, residual is not None, BLOCK_N=block_n, BLOCK_K=block_k, **_pdl_args(_pdl(x2)),
         )
     return y.reshape(*x.shape[:-1], N)
 
@@ -469,7 +491,7 @@ def rmsnorm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     D = x.shape[-1]
     x2 = x.reshape(-1, D).contiguous()
     out = torch.empty_like(x2)
-    _add_rmsnorm_kernel[(x2.shape[0],)](x2, x2, weight.contiguous(), out, out, D, eps, False, BLOCK_D=_pow2(D, 16, 65536))
+    _add_rmsnorm_kernel[(x2.shape[0],)](x2, x2, weight.contiguous(), out, out, D, eps, False, BLOCK_D=_pow2(D, 16, 65536), **_pdl_args(_pdl(x)))
     return out.reshape(x.shape)
 
 
@@ -478,7 +500,7 @@ def add_rmsnorm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tupl
     D = x.shape[-1]
     x2, r2 = x.reshape(-1, D).contiguous(), residual.reshape(-1, D).contiguous()
     out, h = torch.empty_like(x2), torch.empty_like(x2)
-    _add_rmsnorm_kernel[(x2.shape[0],)](x2, r2, weight.contiguous(), out, h, D, eps, True, BLOCK_D=_pow2(D, 16, 65536))
+    _add_rmsnorm_kernel[(x2.shape[0],)](x2, r2, weight.contiguous(), out, h, D, eps, True, BLOCK_D=_pow2(D, 16, 65536), **_pdl_args(_pdl(x)))
     return out.reshape(x.shape), h.reshape(x.shape)
 
 
@@ -498,6 +520,7 @@ def rope_cache(q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, keys: 
     _rope_cache_kernel[(B, H)](
         q, k, v, cos, sin, keys, values, slot, out, H, D, q.stride(0), k.stride(0), v.stride(0),
         keys.stride(0), keys.stride(1), keys.stride(2), values.stride(0), values.stride(1), values.stride(2), BLOCK_D=_pow2(D, 16, 1024),
+        **_pdl_args(_pdl(q)),
     )
     return out
 
@@ -508,7 +531,7 @@ def silu_mul(gate_up: Tensor) -> Tensor:
     x2 = gate_up.reshape(-1, 2 * inner).contiguous()
     y = torch.empty(x2.shape[0], inner, dtype=gate_up.dtype, device=gate_up.device)
     block = _pow2(inner, 16, 1024)
-    _silu_mul_kernel[(x2.shape[0], triton.cdiv(inner, block))](x2, y, inner, BLOCK=block)
+    _silu_mul_kernel[(x2.shape[0], triton.cdiv(inner, block))](x2, y, inner, BLOCK=block, **_pdl_args(_pdl(x2)))
     return y.reshape(*gate_up.shape[:-1], inner)
 
 
@@ -527,7 +550,7 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, scale: floa
     _decode_attention_kernel[(B, H)](
         q, k, v, mask, out, T, D, H, scale,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        out.stride(0), out.stride(1), BLOCK_T=_pow2(T, 16, 128), BLOCK_D=_pow2(D, 16, 256), num_warps=8,
+        out.stride(0), out.stride(1), BLOCK_T=_pow2(T, 16, 128), BLOCK_D=_pow2(D, 16, 256), num_warps=8, **_pdl_args(_pdl(q)),
     )
     return out
 
@@ -550,7 +573,7 @@ def step_inputs(
     _step_inputs_kernel[(B,)](
         token.contiguous(), i, embed.contiguous(), slot_embeds.contiguous(), cos.contiguous(), sin.contiguous(), _bytes(causal),
         _bytes(prefill_mask), hidden, cos_i, sin_i, mask.view(torch.int8), position, H, D, T, first_slot,
-        BLOCK_H=_pow2(H, 16, 1024), BLOCK_D=_pow2(D, 16, 1024), BLOCK_T=_pow2(T, 16, 1024),
+        BLOCK_H=_pow2(H, 16, 1024), BLOCK_D=_pow2(D, 16, 1024), BLOCK_T=_pow2(T, 16, 1024), **_pdl_args(_pdl(embed)),
     )
     return hidden, cos_i, sin_i, mask, position
 
@@ -561,4 +584,6 @@ def greedy_advance(logits: Tensor, bins: int, token: Tensor, tokens: Tensor, i: 
         raise ValueError(f"greedy_advance picks among at most 16384 logits in one block, got {bins}")
     if logits.stride(1) != 1 or not (token.is_contiguous() and tokens.is_contiguous()):
         raise ValueError("greedy_advance needs logits with contiguous rows and contiguous token buffers")
-    _greedy_advance_kernel[(1,)](logits, token, tokens, i, token.shape[0], bins, logits.stride(0), tokens.shape[1], BLOCK_V=_pow2(bins, 16, 16384))
+    _greedy_advance_kernel[(1,)](
+        logits, token, tokens, i, token.shape[0], bins, logits.stride(0), tokens.shape[1], BLOCK_V=_pow2(bins, 16, 16384), **_pdl_args(_pdl(logits)),
+    )
