@@ -25,7 +25,9 @@ from typing import Any
 from ...errors import EmbodyHubError
 
 # compute capability -> (GPU, multiprocessors); Thor's count is what its CUDA driver reports
-TARGETS = {90: ("H100/H200", 132), 100: ("B200", 148), 110: ("Jetson Thor", 20)}
+TARGETS = {
+    80: ("A100", 108), 87: ("Jetson AGX Orin", 16), 90: ("H100/H200", 132), 100: ("B200", 148), 110: ("Jetson Thor", 20),
+}
 REGISTERS_PER_SM = 65536  # 32-bit registers per multiprocessor on all of them
 
 
