@@ -97,9 +97,20 @@ def check(args: argparse.Namespace) -> None:
 
 def dry(args: argparse.Namespace) -> None:
     """Every configuration compiled for sm_``args.dry`` on CPU tensors (``compile_check``): registers,
-    spills and how many programs the register file lets a multiprocessor hold; no timing."""
+    spills and how many programs the register file lets a multiprocessor hold, and whether 1 and 3 pipeline
+    stages compile to the same PTX; no timing."""
+    from embodyhub.export.kernels import triton_kernels as tk
     from embodyhub.export.kernels.compile_check import dry_target
 
+    def compiled(m: QuantizedLinear, x: torch.Tensor, gemv: dict[str, int]) -> tuple[object, str]:
+        kernel = tk._int8_gemv_kernel if m.precision == "int8" else tk._int4_gemv_grouped_kernel
+        with dry_target(args.dry) as launches:
+            call(m, x, gemv or None)
+            (ptx,) = [k.asm["ptx"] for cache in kernel.device_caches.values() for k in cache[0].values()]
+        (launch,) = launches
+        return launch, ptx
+
+    same = total = 0
     for shape in args.shapes.split(","):
         N, K = (int(v) for v in shape.split("x"))
         x = torch.randn(1, K, dtype=torch.bfloat16)
@@ -107,11 +118,13 @@ def dry(args: argparse.Namespace) -> None:
             m = layer(precision, N, K, "cpu", torch.bfloat16)
             print(f"{precision} {N} x {K}, sm_{args.dry}:")
             for gemv in [{}] + configs(precision, N, K, m.group_size):
-                with dry_target(args.dry) as launches:
-                    call(m, x, gemv or None)
-                (launch,) = launches
+                launch, ptx = compiled(m, x, gemv)
+                if gemv:
+                    total += 1
+                    same += all(compiled(m, x, {**gemv, "num_stages": n})[1] == ptx for n in (1, 3))
                 print(f"  {label(gemv):<18} programs {launch.grid[0]:>5}  registers {launch.registers:>3}  stack {launch.stack:>3} B  "
                       f"programs/SM (registers) {launch.programs_per_sm:>2}  {launch.constants}")
+    print(f"1, 3 and the default pipeline stages compile to the same PTX in {same} of {total} configurations")
 
 
 def sweep(args: argparse.Namespace) -> None:
