@@ -367,6 +367,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     manifest = verify_bundle(args.bundle)
     if args.compile_for:
         return _compile_for(args)
+    if args.multiprocessors:
+        raise EmbodyHubError("--multiprocessors sizes the GPU of --compile-for; give a --compile-for target")
     rows = bench_bundle(args.bundle, args.repeats)
     if args.json:
         print(json.dumps(rows, indent=2))
