@@ -335,6 +335,7 @@ def test_bench_compile_for_compiles_every_kernel_of_a_chunk_for_hopper_and_thor(
         "print(json.dumps({'plain': plain, 'pdl': pdl}))\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "EMBODYHUB_KERNELS")}
+    env.update(TRITON_HOME=str(tmp_path), TRITON_CACHE_DIR=str(tmp_path / "triton-cache"))  # compiled kernels stay in the test's folder
     result = subprocess.run([sys.executable, "-c", script, str(bundle)], env=env, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = json.loads(result.stdout)
