@@ -145,6 +145,8 @@ def dry_target(arch: int, multiprocessors: int | None = None) -> Iterator[Counte
         raise EmbodyHubError("this Triton build has no CUDA compiler tools (ptxas, cuobjdump): install the triton wheel for Linux x86-64 or aarch64")
     sms = multiprocessors or TARGETS.get(arch, ("", 132))[1]
     launches: Counter[Launch] = Counter()
+    # ``driver._active``, not ``driver.active``: reading the property would create the default driver, which
+    # fails on a machine without a GPU; restoring None lets Triton create it lazily again.
     saved = driver._active, dict(tk.HOST_GPU), os.environ.get("EMBODYHUB_KERNELS")
     driver.set_active(_StandInDriver(GPUTarget("cuda", arch, 32), sms, launches))
     tk.HOST_GPU.update(multiprocessors=sms, capability=arch // 10)
