@@ -101,6 +101,14 @@ def _int8_gemv_kernel(
 
 
 @triton.jit
+def _gemm_store(acc, b_ptr, y_ptr, m, n, m_ok, n_ok, stride_ym, HAS_BIAS: tl.constexpr):
+    """A GEMM tile's epilogue: bias in float32, then the one rounding to the output dtype."""
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + m[:, None] * stride_ym + n[None, :], acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
 def _int8_gemm_kernel(
     x_ptr, q_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
@@ -116,10 +124,7 @@ def _int8_gemm_kernel(
         a = tl.load(x_ptr + m[:, None] * stride_xm + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(q_ptr + n[None, :] * K + k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0)
         acc += _dot(a, w.to(a.dtype))  # |code| <= 127 is exact in bf16/fp16
-    acc = acc * tl.load(s_ptr + n, mask=n_ok, other=0.0)[None, :]
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + m[:, None] * stride_ym + n[None, :], acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    _gemm_store(acc * tl.load(s_ptr + n, mask=n_ok, other=0.0)[None, :], b_ptr, y_ptr, m, n, m_ok, n_ok, stride_ym, HAS_BIAS)
 
 
 @triton.jit
@@ -232,9 +237,7 @@ def _int4_gemm_kernel(
         w_lo = ((packed & 15).to(tl.float32) - z_lo) * tl.load(s_ptr + g_lo, mask=ok_lo, other=0.0).to(tl.float32)
         w_hi = ((packed >> 4).to(tl.float32) - z_hi) * tl.load(s_ptr + g_hi, mask=ok_hi, other=0.0).to(tl.float32)
         acc += _dot(a_lo, w_lo.to(a_lo.dtype)) + _dot(a_hi, w_hi.to(a_hi.dtype))
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + m[:, None] * stride_ym + n[None, :], acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    _gemm_store(acc, b_ptr, y_ptr, m, n, m_ok, n_ok, stride_ym, HAS_BIAS)
 
 
 @triton.jit
