@@ -18,9 +18,12 @@ from torch import Tensor
 
 from . import reference
 
-try:  # programmatic dependent launch (Hopper and later GPUs; Triton >= 3.3)
+try:  # programmatic dependent launch (Hopper and later GPUs, in the Triton builds that have it)
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-except ImportError:  # older Triton: PDL stays off (``_pdl``), these are never compiled in
+
+    _HAS_GDC = True
+except ImportError:  # an older Triton: ``_pdl`` stays off, so these stand-ins are never compiled in
+    _HAS_GDC = False
 
     @triton.jit
     def gdc_wait():
@@ -394,9 +397,11 @@ def _gemv_blocks(x: Tensor, N: int, K: int, widest_k: int) -> tuple[int, int]:
 
 
 def _pdl(x: Tensor) -> bool:
-    """Programmatic dependent launch for kernels on ``x``'s GPU: the module switch ``PDL``, on sm_90+."""
-    major = torch.cuda.get_device_capability(x.device)[0] if x.is_cuda else HOST_GPU["capability"]
-    return PDL and major >= 9
+    """Programmatic dependent launch for kernels on ``x``'s GPU: the module switch ``PDL``, on sm_90+ with a
+    Triton that has it."""
+    if not (PDL and _HAS_GDC):
+        return False
+    return (torch.cuda.get_device_capability(x.device)[0] if x.is_cuda else HOST_GPU["capability"]) >= 9
 
 
 def _pdl_args(pdl: bool) -> dict[str, bool]:
