@@ -383,7 +383,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _compile_for(args: argparse.Namespace) -> int:
     """``bench --compile-for``: the bundle's GPU kernels compiled for each target, one table per target."""
-    from .export.kernels.compile_check import TARGETS, arch_number, launch_rows
+    from .export.kernels.compile_check import arch_number, launch_rows
     from .export.runtime import compile_bundle
 
     results = {}
@@ -393,9 +393,8 @@ def _compile_for(args: argparse.Namespace) -> int:
         print(json.dumps({t: [{**r, "prefill": launch_rows(r["prefill"]), "decode": launch_rows(r["decode"])} for r in rows] for t, rows in results.items()}, indent=2))
         return 0
     for target, rows in results.items():
-        gpu, sms = TARGETS.get(int(target[3:]), ("", 0))
         for r in rows:
-            print(f"\n{target} ({gpu or 'unlisted GPU'}, {args.multiprocessors or sms or 132} multiprocessors), {r['robot']}: "
+            print(f"\n{target} ({r['gpu']}, {r['multiprocessors']} multiprocessors), {r['robot']}: "
                   f"every kernel compiled; launches per chunk = prefill + {r['steps']} steps")
             print(f"{'kernel':<28} {'phase':<7} {'per':>5} {'grid':>14} {'warps':>5} {'stages':>6} {'regs':>5} {'stack B':>7} {'shared B':>8} {'progs/SM':>8}  constants")
             for phase, per in (("prefill", 1), ("decode", r["steps"])):

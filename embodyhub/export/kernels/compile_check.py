@@ -67,6 +67,13 @@ def arch_number(arch: str | int) -> int:
     return int(text)
 
 
+def target_gpu(arch: int, multiprocessors: int | None = None) -> tuple[str, int]:
+    """``(GPU name, multiprocessors)`` a compile for ``arch`` plans for: the listed GPU's count unless given
+    (132, an H100's, for an unlisted target)."""
+    gpu, sms = TARGETS.get(arch, ("unlisted GPU", 132))
+    return gpu, multiprocessors or sms
+
+
 def cubin_resources(cubin: bytes) -> tuple[int, int]:
     """``(registers per thread, stack bytes per thread)`` of a compiled kernel, read by cuobjdump."""
     import triton
@@ -143,7 +150,7 @@ def dry_target(arch: int, multiprocessors: int | None = None) -> Iterator[Counte
         raise EmbodyHubError("the kernels were built for Triton's interpreter (TRITON_INTERPRET=1): compile them in a process without it")
     if not cuda_tools_available():
         raise EmbodyHubError("this Triton build has no CUDA compiler tools (ptxas, cuobjdump): install the triton wheel for Linux x86-64 or aarch64")
-    sms = multiprocessors or TARGETS.get(arch, ("", 132))[1]
+    sms = target_gpu(arch, multiprocessors)[1]
     launches: Counter[Launch] = Counter()
     # ``driver._active``, not ``driver.active``: reading the property would create the default driver, which
     # fails on a machine without a GPU; restoring None lets Triton create it lazily again.
@@ -167,7 +174,7 @@ def dry_target(arch: int, multiprocessors: int | None = None) -> Iterator[Counte
 
 def compile_decoder(model: Any, processor: Any, robot: str, arch: int, batch: int = 1, multiprocessors: int | None = None) -> dict[str, Any]:
     """One chunk of ``GraphedDecoder`` (eager; fused layers reading the quantized weights, as on a GPU) with
-    every launch compiled for ``arch``: ``{"prefill": Counter, "decode": Counter, "steps": int}``."""
+    every launch compiled for ``arch``: ``{"gpu", "multiprocessors", "prefill": Counter, "decode": Counter, "steps"}``."""
     from ..onnx import example_inputs
     from ..runtime import GraphedDecoder
 
@@ -181,4 +188,5 @@ def compile_decoder(model: Any, processor: Any, robot: str, arch: int, batch: in
         prefill = Counter(launches)
         launches.clear()
         decoder.decode()
-        return {"prefill": prefill, "decode": Counter(launches), "steps": decoder.length - 1}
+        gpu, sms = target_gpu(arch, multiprocessors)
+        return {"gpu": gpu, "multiprocessors": sms, "prefill": prefill, "decode": Counter(launches), "steps": decoder.length - 1}
