@@ -341,6 +341,7 @@ def test_bench_compile_for_compiles_every_kernel_of_a_chunk_for_hopper_and_thor(
     runs = json.loads(result.stdout)
     targets = runs["plain"]
     assert set(targets) == {"sm_90", "sm_110"}
+    assert (targets["sm_110"][0]["gpu"], targets["sm_110"][0]["multiprocessors"]) == ("Jetson Thor", 20)
     # with programmatic dependent launch switched on, every kernel of the chunk compiles with it for sm_90
     (pdl,) = runs["pdl"]["sm_90"]
     assert all("PDL=True" in launch["constants"] and launch["stack"] == 0 for launch in pdl["decode"] + pdl["prefill"])
