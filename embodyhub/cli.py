@@ -394,8 +394,9 @@ def _compile_for(args: argparse.Namespace) -> int:
         return 0
     for target, rows in results.items():
         for r in rows:
-            print(f"\n{target} ({r['gpu']}, {r['multiprocessors']} multiprocessors), {r['robot']}: "
-                  f"every kernel compiled; launches per chunk = prefill + {r['steps']} steps")
+            per_step, prefill = sum(r["decode"].values()) / r["steps"], sum(r["prefill"].values())
+            print(f"\n{target} ({r['gpu']}, {r['multiprocessors']} multiprocessors), {r['robot']}: every kernel compiled; "
+                  f"{per_step:.0f} launches per step x {r['steps']} steps + {prefill} in the prefill")
             print(f"{'kernel':<28} {'phase':<7} {'per':>5} {'grid':>14} {'warps':>5} {'stages':>6} {'regs':>5} {'stack B':>7} {'shared B':>8} {'progs/SM':>8}  constants")
             for phase, per in (("prefill", 1), ("decode", r["steps"])):
                 for launch, n in sorted(r[phase].items(), key=lambda item: item[0].kernel):
