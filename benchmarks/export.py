@@ -256,8 +256,10 @@ def streamed_us(calls: list[Callable[[], object]]) -> float:
 
 
 def pdl_capable() -> bool:
-    """Programmatic dependent launch needs sm_90 or later."""
-    return torch.cuda.get_device_capability()[0] >= 9
+    """Whether this GPU and Triton build can launch the kernels with programmatic dependent launch."""
+    from embodyhub.export.kernels import triton_kernels
+
+    return triton_kernels.pdl_available(torch.empty(0, device="cuda"))
 
 
 @contextlib.contextmanager

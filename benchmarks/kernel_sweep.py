@@ -132,7 +132,7 @@ def sweep(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from export import streamed_copies, streamed_us
+    from export import pdl_capable, streamed_copies, streamed_us
 
     print(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}; GPU us per call (copies of the layer in one CUDA graph, L2 flushed)")
     for shape in args.shapes.split(","):
@@ -164,7 +164,7 @@ def sweep(args: argparse.Namespace) -> None:
             rows.sort(key=lambda row: row[0])
             best = "; ".join(f"{us:.2f} us {label(gemv)} ({bf16 / us:.2f}x)" for us, gemv in rows[: args.top])
             print(f"{precision} {N} x {K}: bf16 torch {bf16:.2f} us, default {default:.2f} us ({bf16 / default:.2f}x); best: {best}", flush=True)
-            if torch.cuda.get_device_capability()[0] >= 9:
+            if pdl_capable():
                 pdl = []
                 for gemv in [{}] + [gemv for _, gemv in rows[: args.top]]:
                     try:

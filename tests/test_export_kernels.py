@@ -293,7 +293,10 @@ def test_graphed_decoder_decodes_the_same_tokens_through_the_triton_kernels(monk
     assert torch.equal(decoder(q, goal), want)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9, reason="programmatic dependent launch needs an sm_90+ GPU")
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or not tk.pdl_available(torch.empty(0, device="cuda")),
+    reason="programmatic dependent launch needs an sm_90+ GPU and a Triton that has it",
+)
 @torch.no_grad()
 def test_dependent_gemvs_under_programmatic_dependent_launch_match_the_reference(monkeypatch):
     """With ``PDL`` each GEMV starts while the one before it runs and reads its input only after the wait:

@@ -396,12 +396,14 @@ def _gemv_blocks(x: Tensor, N: int, K: int, widest_k: int) -> tuple[int, int]:
     return _pow2(triton.cdiv(N, 8 * sms), 4, 64), _pow2(K, 16, widest_k)
 
 
+def pdl_available(x: Tensor) -> bool:
+    """Whether kernels on ``x``'s GPU can use programmatic dependent launch: sm_90+ and a Triton that has it."""
+    return _HAS_GDC and (torch.cuda.get_device_capability(x.device)[0] if x.is_cuda else HOST_GPU["capability"]) >= 9
+
+
 def _pdl(x: Tensor) -> bool:
-    """Programmatic dependent launch for kernels on ``x``'s GPU: the module switch ``PDL``, on sm_90+ with a
-    Triton that has it."""
-    if not (PDL and _HAS_GDC):
-        return False
-    return (torch.cuda.get_device_capability(x.device)[0] if x.is_cuda else HOST_GPU["capability"]) >= 9
+    """Programmatic dependent launch for kernels on ``x``: the module switch ``PDL``, where available."""
+    return PDL and pdl_available(x)
 
 
 def _pdl_args(pdl: bool) -> dict[str, bool]:
