@@ -80,8 +80,7 @@ def model(layers: int, precision: str) -> WamForActionPrediction:
 
 @torch.no_grad()
 def fused_step(wam: WamForActionPrediction, processor: WamProcessor, q: torch.Tensor, goal: torch.Tensor) -> int:
-    decoder = GraphedDecoder(fuse_decoder(wam), processor, "panda")
-    decoder.dequantize = decoder.step.dequantize = False  # as on CUDA: the fused kernels read the quantized weights
+    decoder = GraphedDecoder(fuse_decoder(wam), processor, "panda", dequantize=False)  # as on CUDA: the fused kernels read the codes
     decoder(q, goal)
     decoder._buffers["i"].zero_()
     with KernelCount() as counter:
@@ -91,8 +90,7 @@ def fused_step(wam: WamForActionPrediction, processor: WamProcessor, q: torch.Te
 
 @torch.no_grad()
 def unfused_step(wam: WamForActionPrediction, processor: WamProcessor, q: torch.Tensor, goal: torch.Tensor) -> int:
-    decoder = GraphedDecoder(wam, processor, "panda")  # its prefill fills the cache the step reads
-    decoder.dequantize = False
+    decoder = GraphedDecoder(wam, processor, "panda", dequantize=False)  # its prefill fills the cache the step reads
     decoder.load(q, goal)
     decoder.prefill()
     b = decoder._buffers

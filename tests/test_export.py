@@ -459,8 +459,7 @@ def test_graphed_decoder_parts_are_capturable(precision):
 
     model, processor = tiny(seed=4)
     quantize_model(model, QuantConfig(precision, group_size=16))
-    decoder = GraphedDecoder(fuse_decoder(model), processor, "panda")
-    decoder.dequantize = decoder.step.dequantize = False  # as on CUDA
+    decoder = GraphedDecoder(fuse_decoder(model), processor, "panda", dequantize=False)  # as on CUDA
     with pytest.raises(EmbodyHubError, match="load"):
         decoder.prefill()
     with pytest.raises(EmbodyHubError, match="CUDA device"):

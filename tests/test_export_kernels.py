@@ -284,8 +284,7 @@ def test_graphed_decoder_decodes_the_same_tokens_through_the_triton_kernels(monk
     emb = load_robot("panda")
     model = WamForActionPrediction(WamConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48, chunk_length=1))
     quantize_model(model.eval(), QuantConfig("int4", group_size=16))
-    decoder = GraphedDecoder(fuse_decoder(model.to(DEVICE)), processor, emb)
-    decoder.dequantize = decoder.step.dequantize = False  # as on CUDA
+    decoder = GraphedDecoder(fuse_decoder(model.to(DEVICE)), processor, emb, dequantize=False)  # as on CUDA
     q, goal = example_inputs(emb, 2)
     monkeypatch.setenv("EMBODYHUB_KERNELS", "torch")
     want = decoder(q, goal)

@@ -86,7 +86,13 @@ class GraphedDecoder:
     ``decoder(q, goal)`` is ``load`` (the processor on the host, its outputs copied into static device
     buffers), ``prefill`` and ``decode``; the parts are public so a benchmark can time them apart."""
 
-    def __init__(self, model: WamForActionPrediction, processor: WamProcessor, embodiment: Embodiment | str, graph: bool | None = None) -> None:
+    def __init__(
+        self, model: WamForActionPrediction, processor: WamProcessor, embodiment: Embodiment | str, graph: bool | None = None,
+        dequantize: bool | None = None,
+    ) -> None:
+        """``dequantize``: quantized layers compute with weights dequantized once per call (default off CUDA)
+        or, when False, through the fused kernels reading the codes (default on CUDA; also the way to run
+        the CUDA path on CPU, under the interpreter or ``kernels.compile_check``)."""
         self.model, self.processor, self.embodiment = model.eval(), processor, processor.resolve(embodiment)
         dims, steps = processor.schedule(self.embodiment)
         self.length = dims.numel()
@@ -97,7 +103,7 @@ class GraphedDecoder:
         head, first_slot = loop_head(model, processor, self.embodiment)
         self.slots = head.slots
         self.step = LoopStepGraph(model, dims.to(model.device), steps.to(model.device), first_slot, in_place=True, tables=True)
-        self.dequantize = self.step.dequantize = not cuda  # on CUDA the fused kernels read the quantized weights
+        self.dequantize = self.step.dequantize = not cuda if dequantize is None else dequantize
         self._buffers: dict[str, Any] = {}
         self._shapes: tuple[tuple[str, torch.Size], ...] = ()
         self._graphs: dict[str, Any] = {}

@@ -179,8 +179,7 @@ def compile_decoder(model: Any, processor: Any, robot: str, arch: int, batch: in
     from ..runtime import GraphedDecoder
 
     with dry_target(arch, multiprocessors) as launches:
-        decoder = GraphedDecoder(model, processor, robot, graph=False)
-        decoder.dequantize = decoder.step.dequantize = False  # what a CUDA model does: the kernels read the codes
+        decoder = GraphedDecoder(model, processor, robot, graph=False, dequantize=False)  # as on CUDA: the kernels read the codes
         q, goal = example_inputs(decoder.embodiment, batch)
         decoder.load(q, goal)
         launches.clear()
