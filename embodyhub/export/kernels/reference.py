@@ -62,20 +62,24 @@ def e4m3_to_float(bits: Tensor) -> Tensor:
 def int8_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None = None, residual: Tensor | None = None) -> Tensor:
     """``x @ dequant(w).T + bias`` in ``x``'s dtype, then ``+ residual`` (a decoder layer's residual add; the
     fused kernel adds it before its one rounding)."""
-    return plus_residual(F.linear(x, dequantize_int8(qweight, scale).to(x.dtype), None if bias is None else bias.to(x.dtype)), residual)
+    return _linear_in(x, dequantize_int8(qweight, scale), bias, residual)
 
 
 def int4_linear(
     x: Tensor, qweight: Tensor, scale: Tensor, zero: Tensor, group_size: int, bias: Tensor | None = None, residual: Tensor | None = None
 ) -> Tensor:
     """``x @ dequant(w).T + bias (+ residual)`` for packed int4 weights (``K`` is ``x.shape[-1]``)."""
-    w = dequantize_int4(qweight, scale, zero, group_size, x.shape[-1])
-    return plus_residual(F.linear(x, w.to(x.dtype), None if bias is None else bias.to(x.dtype)), residual)
+    return _linear_in(x, dequantize_int4(qweight, scale, zero, group_size, x.shape[-1]), bias, residual)
 
 
 def fp8_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None = None, residual: Tensor | None = None) -> Tensor:
     """``x @ dequant(w).T + bias (+ residual)`` for float8 e4m3 weights."""
-    return plus_residual(F.linear(x, dequantize_fp8(qweight, scale).to(x.dtype), None if bias is None else bias.to(x.dtype)), residual)
+    return _linear_in(x, dequantize_fp8(qweight, scale), bias, residual)
+
+
+def _linear_in(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None) -> Tensor:
+    """A dequantized weight's Linear computed in ``x``'s dtype (weight and bias cast to it), then ``+ residual``."""
+    return linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), residual)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, residual: Tensor | None = None) -> Tensor:

@@ -498,19 +498,25 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, residual: Tens
 
 def rmsnorm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """Fused RMSNorm; matches ``reference.rmsnorm``."""
-    D = x.shape[-1]
-    x2 = x.reshape(-1, D).contiguous()
-    out = torch.empty_like(x2)
-    _add_rmsnorm_kernel[(x2.shape[0],)](x2, x2, weight.contiguous(), out, out, D, eps, False, BLOCK_D=_pow2(D, 16, 65536), **_pdl_args(_pdl(x)))
-    return out.reshape(x.shape)
+    return _rmsnorm(x, None, weight, eps)[0]
 
 
 def add_rmsnorm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """Fused residual add + RMSNorm; returns ``(normed, h)`` like ``reference.add_rmsnorm``."""
+    return _rmsnorm(x, residual, weight, eps)
+
+
+def _rmsnorm(x: Tensor, residual: Tensor | None, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """One launch of the norm kernel: ``(normed, h)`` with ``h = x + residual``, or ``h`` unused (``normed``)
+    without a residual."""
     D = x.shape[-1]
-    x2, r2 = x.reshape(-1, D).contiguous(), residual.reshape(-1, D).contiguous()
-    out, h = torch.empty_like(x2), torch.empty_like(x2)
-    _add_rmsnorm_kernel[(x2.shape[0],)](x2, r2, weight.contiguous(), out, h, D, eps, True, BLOCK_D=_pow2(D, 16, 65536), **_pdl_args(_pdl(x)))
+    x2 = x.reshape(-1, D).contiguous()
+    r2 = x2 if residual is None else residual.reshape(-1, D).contiguous()
+    out = torch.empty_like(x2)
+    h = out if residual is None else torch.empty_like(x2)
+    _add_rmsnorm_kernel[(x2.shape[0],)](
+        x2, r2, weight.contiguous(), out, h, D, eps, residual is not None, BLOCK_D=_pow2(D, 16, 65536), **_pdl_args(_pdl(x)),
+    )
     return out.reshape(x.shape), h.reshape(x.shape)
 
 
