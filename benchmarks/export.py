@@ -12,10 +12,11 @@ configs (BIG: 8 layers of 1024; WIDE: 2 layers of 2048), bf16 torch vs the fused
 kernels (GPU time per call inside a CUDA graph, L2 flushed), next to the bandwidth floor (weight bytes /
 measured device copy bandwidth); and each config's chunk decode at bf16 / int8 / int4 through
 ``GraphedDecoder`` (fused layers; CUDA graph replays: the prefill, then one per token) vs its floor, with
-eager decoding for comparison and the profiler's count of kernels per step. On sm_90+ each precision is
-decoded again with the Triton kernels under programmatic dependent launch (``int4 pdl``: each kernel starts
-while the one before it finishes, a GEMV loading its first weights meanwhile), and those chunks' tokens are
-checked against the plain ones; the GEMV table adds the int4 GEMV so launched.
+eager decoding for comparison and the profiler's count of kernels per step. The plain rows and columns
+launch every kernel without programmatic dependent launch; on sm_90+ each precision is decoded again with
+it, as the Triton kernels launch by default (``int4 pdl``: each kernel starts while the one before it
+finishes, a GEMV loading its first weights meanwhile), and those chunks' tokens are checked against the
+plain ones; the GEMV table adds the int4 GEMV so launched.
 
     python benchmarks/export.py [--model DIR] [--robot panda] [--episodes 50] [--sizes] [--out /tmp/eh_export_bench]
 
@@ -297,7 +298,8 @@ def gemv_table(bandwidth: float) -> None:
                 layer = QuantizedLinear.from_linear(linear, precision, 128).to(torch.bfloat16)
                 error[precision] = float((layer(x).float() - want).abs().max() / want.abs().max())
                 layers = [copy.deepcopy(layer) for _ in range(copies)]
-                us[precision] = streamed_us([lambda m=m: m(x) for m in layers])
+                with pdl(False):
+                    us[precision] = streamed_us([lambda m=m: m(x) for m in layers])
                 floor[precision] = sum(t.nbytes for t in layer.state_dict().values())
                 if precision == "int4" and pdl_capable():
                     with pdl(True):

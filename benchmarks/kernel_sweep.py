@@ -2,7 +2,8 @@
 
 Peer: bf16 torch (``F.linear``) on the same shape. For each shape it prints the GPU time per call of
 bf16 torch, of the kernel as ``int8_linear``/``int4_linear`` launch it by default (``_gemv_blocks``),
-and of the fastest configurations (rows per program, columns or groups per load, warps), each timed like
+and of the fastest configurations (rows per program, columns or groups per load, warps), all launched
+plainly (``PDL`` off, whatever the module default) and each timed like
 ``benchmarks/export.py``'s GEMV table (copies of the layer in one CUDA graph, L2 flushed); then, on sm_90+,
 the default and those fastest again under programmatic dependent launch (``PDL``: each call starts, and
 loads its first weights, while the previous one finishes). Every configuration's output is first checked
@@ -11,7 +12,7 @@ Linear of the 136M-parameter BIG WAM (1024 x 4096; 56 configurations); the space
 load (a program then reads its rows in one pass). Pipeline stages are not swept: ``--dry 90`` shows the
 same PTX for 1 and 3 stages in every configuration (no loop of these kernels is software-pipelined).
 
-    python benchmarks/kernel_sweep.py [--shapes 1024x4096,2048x8192] [--top 5]
+    python benchmarks/kernel_sweep.py [--shapes 1024x4096,2048x8192] [--top 5] [--all]
     TRITON_INTERPRET=1 python benchmarks/kernel_sweep.py --check   # no GPU: every configuration vs the reference, small shapes
     python benchmarks/kernel_sweep.py --dry 90                      # no GPU: each configuration compiled for sm_90, its registers
 """
@@ -151,9 +152,9 @@ def sweep(args: argparse.Namespace) -> None:
                 calls: list[Callable[[], object]] = [lambda q=q: call(q, x, gemv) for q in layers]
                 return streamed_us(calls)
 
-            default = timed(None)
+            default = timed({"PDL": False})
             rows, failed = [], []
-            for gemv in configs(precision, N, K, m.group_size):
+            for gemv in ({**c, "PDL": False} for c in configs(precision, N, K, m.group_size)):
                 try:
                     if not matches(m, x, gemv):
                         failed.append(f"{label(gemv)} (wrong output)")
@@ -164,6 +165,8 @@ def sweep(args: argparse.Namespace) -> None:
             rows.sort(key=lambda row: row[0])
             best = "; ".join(f"{us:.2f} us {label(gemv)} ({bf16 / us:.2f}x)" for us, gemv in rows[: args.top])
             print(f"{precision} {N} x {K}: bf16 torch {bf16:.2f} us, default {default:.2f} us ({bf16 / default:.2f}x); best: {best}", flush=True)
+            if args.all:
+                print("  all: " + "; ".join(f"{label(gemv)} {us:.2f}" for us, gemv in rows))
             if pdl_capable():
                 pdl = []
                 for gemv in [{}] + [gemv for _, gemv in rows[: args.top]]:
@@ -180,6 +183,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="1024x4096", help="comma-separated N x K (out x in features)")
     parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--all", action="store_true", help="also list every configuration's time, fastest first")
     parser.add_argument("--check", action="store_true", help="check every configuration against the reference (CPU, interpreter)")
     parser.add_argument("--dry", type=int, metavar="ARCH", help="compile every configuration for this CUDA compute capability (no GPU) and list registers")
     args = parser.parse_args()

@@ -307,8 +307,8 @@ def _cuda_compiler() -> bool:
 @pytest.mark.skipif(not _cuda_compiler(), reason="needs triton with its CUDA compiler tools")
 def test_bench_compile_for_compiles_every_kernel_of_a_chunk_for_hopper_and_thor(tmp_path):
     """``bench --compile-for``: a bundle's GPU decode compiled for sm_90 and sm_110 on this CPU machine, every
-    fused kernel of a step launched, none spilling registers, and the GEMVs again under programmatic
-    dependent launch; Triton's driver restored afterwards. In a fresh process: the kernel tests may have
+    fused kernel of a step launched under programmatic dependent launch (the default), none spilling
+    registers, and again with plain launches; Triton's driver restored afterwards. In a fresh process: the kernel tests may have
     built the kernels for Triton's interpreter in this one."""
     from embodyhub.cli import main
 
@@ -328,24 +328,24 @@ def test_bench_compile_for_compiles_every_kernel_of_a_chunk_for_hopper_and_thor(
         "    with contextlib.redirect_stdout(out):\n"
         "        assert main(['bench', '--bundle', sys.argv[1], '--json'] + [a for t in targets for a in ('--compile-for', t)]) == 0\n"
         "    return json.loads(out.getvalue())\n"
-        "plain = compile_for('90', 'thor')\n"
-        "tk.PDL = True\n"
-        "pdl = compile_for('90')\n"
+        "default = compile_for('90', 'thor')\n"
+        "tk.PDL = False\n"
+        "plain = compile_for('90')\n"
         "assert driver._active is before and tk.HOST_GPU == {'multiprocessors': 8, 'capability': 0} and 'EMBODYHUB_KERNELS' not in os.environ\n"
-        "print(json.dumps({'plain': plain, 'pdl': pdl}))\n"
+        "print(json.dumps({'default': default, 'plain': plain}))\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "EMBODYHUB_KERNELS")}
     env.update(TRITON_HOME=str(tmp_path), TRITON_CACHE_DIR=str(tmp_path / "triton-cache"))  # compiled kernels stay in the test's folder
     result = subprocess.run([sys.executable, "-c", script, str(bundle)], env=env, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = json.loads(result.stdout)
-    targets = runs["plain"]
+    targets = runs["default"]
     assert set(targets) == {"sm_90", "sm_110"}
     assert (targets["sm_110"][0]["gpu"], targets["sm_110"][0]["multiprocessors"]) == ("Jetson Thor", 20)
-    # with programmatic dependent launch switched on, every kernel of the chunk compiles with it for sm_90
-    (pdl,) = runs["pdl"]["sm_90"]
-    assert all("PDL=True" in launch["constants"] and launch["stack"] == 0 for launch in pdl["decode"] + pdl["prefill"])
-    assert all("PDL=False" in launch["constants"] for launch in targets["sm_90"][0]["decode"])
+    # every kernel of the chunk compiles with programmatic dependent launch (the default) and, switched off, without
+    (plain,) = runs["plain"]["sm_90"]
+    assert all("PDL=False" in launch["constants"] and launch["stack"] == 0 for launch in plain["decode"] + plain["prefill"])
+    assert all("PDL=True" in launch["constants"] for (robot,) in targets.values() for launch in robot["decode"] + robot["prefill"])
     fused = {"_int4_gemv_kernel", "_add_rmsnorm_kernel", "_rope_cache_kernel", "_decode_attention_kernel", "_silu_mul_kernel", "_step_inputs_kernel", "_greedy_advance_kernel"}
     for (robot,) in targets.values():
         assert robot["robot"] == "panda" and robot["steps"] == processor.schedule(processor.resolve("panda"))[0].numel() - 1

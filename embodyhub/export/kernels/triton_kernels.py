@@ -39,8 +39,9 @@ GEMV_MAX_ROWS = 8  # up to this many rows of x a per-row GEMV beats the tiled te
 HOST_GPU = {"multiprocessors": 8, "capability": 0}
 # Programmatic dependent launch of the decode kernels on sm_90+: each starts while the kernel before it finishes
 # (a GEMV loads its first weights meanwhile) and waits for that kernel's writes only before reading its inputs.
-# Off until timed on a GPU (benchmarks/kernel_sweep.py, export.py).
-PDL = False
+# On by default: on an H200 it took 0.2-1.9 us off each batch-1 GEMV and 23% off BIG's int4 decode step, same tokens
+# (benchmarks/export.py, README). False launches every kernel plainly.
+PDL = True
 
 
 @triton.jit
@@ -387,13 +388,17 @@ def _pow2(n: int, lo: int = 16, hi: int = 1024) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
 
 
-def _gemv_blocks(x: Tensor, N: int, K: int, widest_k: int) -> tuple[int, int]:
-    """``(BLOCK_N, BLOCK_K)`` for a GEMV over ``N`` output rows of ``K`` stored columns. At batch 1 the kernel
-    is latency-bound: many programs of few rows (about eight per multiprocessor, at least 4 rows), each
-    reading long rows (``widest_k`` columns per load). Measured on an H200 (``benchmarks/export.py``): 4
-    rows x 512 packed int4 bytes and 4 rows x 1024 int8 columns with 8 warps were fastest."""
+def _gemv_blocks(x: Tensor, N: int, K: int, widest_k: int, max_tile: int = 8192) -> tuple[int, int]:
+    """``(BLOCK_N, BLOCK_K)`` for a GEMV over ``N`` output rows of ``K`` stored columns (bytes). At batch 1 the
+    kernel is latency-bound: its loops are not software-pipelined, so each pass over a row waits a whole
+    round trip to device memory. Hence whole rows per load up to ``widest_k`` (one pass: every weight byte
+    requested at once), and rows per program for about four programs per multiprocessor, with at most
+    ``max_tile`` stored bytes per load, which keeps registers below a spill (``--dry`` of
+    ``benchmarks/kernel_sweep.py``). On an H200 (``kernel_sweep.py``) whole rows beat quarter rows by
+    1.3-1.9 us on 1024 x 4096, and 8 rows per program beat 4 on 4096 x 1024 (2.8 vs 3.6 us, int8)."""
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else HOST_GPU["multiprocessors"]
-    return _pow2(triton.cdiv(N, 8 * sms), 4, 64), _pow2(K, 16, widest_k)
+    block_k = _pow2(K, 16, widest_k)
+    return min(_pow2(triton.cdiv(N, 4 * sms), 1, 64), max(1, max_tile // block_k)), block_k
 
 
 def pdl_available(x: Tensor) -> bool:
@@ -435,7 +440,7 @@ def int8_linear(
     b = bias if bias is not None else scale
     if M <= GEMV_MAX_ROWS:
         r = _rows(residual.reshape(M, N)) if residual is not None else y
-        block_n, block_k = _gemv_blocks(x2, N, K, 1024)
+        block_n, block_k = _gemv_blocks(x2, N, K, 4096)
         launch = _gemv_launch(x2, block_n, {"BLOCK_K": block_k}, gemv, num_warps=8)
         _int8_gemv_kernel[(triton.cdiv(N, launch["BLOCK_N"]), M)](
             x2, qweight, scale, b, r, y, N, K, x2.stride(0), r.stride(0), y.stride(0), bias is not None, residual is not None, **launch,
@@ -472,7 +477,7 @@ def int4_linear(
         return reference.plus_residual(y.reshape(*x.shape[:-1], N), residual)
     r = _rows(residual.reshape(M, N)) if residual is not None else y
     if K == 2 * KH and KH % group_size == 0 and group_size == triton.next_power_of_2(group_size):
-        block_n, block_k = _gemv_blocks(x2, N, KH, 512)
+        block_n, block_k = _gemv_blocks(x2, N, KH, 2048)
         launch = _gemv_launch(x2, block_n, {"BLOCK_G": max(1, block_k // group_size)}, gemv)
         _int4_gemv_grouped_kernel[(triton.cdiv(N, launch["BLOCK_N"]), M)](
             x2, qweight, scale, zero, b, r, y, N, KH, groups, x2.stride(0), r.stride(0), y.stride(0), bias is not None, residual is not None,
