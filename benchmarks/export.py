@@ -297,13 +297,13 @@ def gemv_table(bandwidth: float) -> None:
             for precision in ("int8", "int4"):
                 layer = QuantizedLinear.from_linear(linear, precision, 128).to(torch.bfloat16)
                 error[precision] = float((layer(x).float() - want).abs().max() / want.abs().max())
-                layers = [copy.deepcopy(layer) for _ in range(copies)]
+                calls = [lambda m=m: m(x) for m in (copy.deepcopy(layer) for _ in range(copies))]
                 with pdl(False):
-                    us[precision] = streamed_us([lambda m=m: m(x) for m in layers])
+                    us[precision] = streamed_us(calls)
                 floor[precision] = sum(t.nbytes for t in layer.state_dict().values())
                 if precision == "int4" and pdl_capable():
                     with pdl(True):
-                        us["int4 pdl"] = streamed_us([lambda m=m: m(x) for m in layers])
+                        us["int4 pdl"] = streamed_us(calls)
             with_pdl = us.get("int4 pdl", float("nan"))
             print(f"{label:<12} {f'{N} x {K}':<12} {us['bf16']:>8.2f} {us['int8']:>8.2f} {us['int4']:>8.2f} {with_pdl:>8.2f} {1e6 * floor['bf16'] / bandwidth:>10.2f} "
                   f"{1e6 * floor['int4'] / bandwidth:>10.2f} {us['bf16'] / us['int8']:>9.2f} {us['bf16'] / us['int4']:>9.2f} {us['bf16'] / with_pdl:>9.2f} "

@@ -7,7 +7,8 @@ each is one Triton launch; on CPU its torch reference runs). Peer: the same mode
 the ONNX Loop body computes it (``LoopStepGraph`` without tables, the layers' own torch code). Layer
 counts are the 136M-parameter configs' (BIG: 8, WIDE: 2); widths are small, since counts do not depend
 on them. On an H200 the profiler counted 58-60 (WIDE) and 124-132 (BIG) kernels per step at commit
-c16bd81 (before the step tables and the fused final norm), where this count gives 56 and 116.
+c16bd81 (before the step tables and the fused final norm), where this count gave 56 and 116; at 9833f65
+it counted 22 and 76 for the int8/int4 models (``benchmarks/export.py``), as this count gives.
 
     python benchmarks/step_kernels.py
 """

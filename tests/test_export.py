@@ -308,8 +308,8 @@ def _cuda_compiler() -> bool:
 def test_bench_compile_for_compiles_every_kernel_of_a_chunk_for_hopper_and_thor(tmp_path):
     """``bench --compile-for``: a bundle's GPU decode compiled for sm_90 and sm_110 on this CPU machine, every
     fused kernel of a step launched under programmatic dependent launch (the default), none spilling
-    registers, and again with plain launches; Triton's driver restored afterwards. In a fresh process: the kernel tests may have
-    built the kernels for Triton's interpreter in this one."""
+    registers, and again with plain launches; Triton's driver restored afterwards. In a fresh process: the
+    kernel tests may have built the kernels for Triton's interpreter in this one."""
     from embodyhub.cli import main
 
     model, processor = tiny()
