@@ -14,7 +14,7 @@ same PTX for 1 and 3 stages in every configuration (no loop of these kernels is 
 
     python benchmarks/kernel_sweep.py [--shapes 1024x4096,2048x8192] [--top 5] [--all]
     TRITON_INTERPRET=1 python benchmarks/kernel_sweep.py --check   # no GPU: every configuration vs the reference, small shapes
-    python benchmarks/kernel_sweep.py --dry 90                      # no GPU: each configuration compiled for sm_90, its registers
+    python benchmarks/kernel_sweep.py --dry 90                      # no GPU: each configuration compiled for sm_90: registers, instructions
 """
 
 from __future__ import annotations
@@ -97,19 +97,20 @@ def check(args: argparse.Namespace) -> None:
 
 
 def dry(args: argparse.Namespace) -> None:
-    """Every configuration compiled for sm_``args.dry`` on CPU tensors (``compile_check``): registers,
-    spills and how many programs the register file lets a multiprocessor hold, and whether 1 and 3 pipeline
-    stages compile to the same PTX; no timing."""
+    """Every configuration compiled for sm_``args.dry`` on CPU tensors (``compile_check``): registers, spills,
+    how many programs the register file lets a multiprocessor hold, the SASS instructions a thread executes
+    per weight and how many of them are int-to-float conversions (a quarter-rate pipe up to sm_90), and
+    whether 1 and 3 pipeline stages compile to the same PTX; no timing."""
     from embodyhub.export.kernels import triton_kernels as tk
-    from embodyhub.export.kernels.compile_check import dry_target
+    from embodyhub.export.kernels.compile_check import dry_target, executed_opcodes
 
-    def compiled(m: QuantizedLinear, x: torch.Tensor, gemv: dict[str, int]) -> tuple[object, str]:
+    def compiled(m: QuantizedLinear, x: torch.Tensor, gemv: dict[str, int]) -> tuple[object, dict[str, object]]:
         kernel = tk._int8_gemv_kernel if m.precision == "int8" else tk._int4_gemv_grouped_kernel
         with dry_target(args.dry) as launches:
             call(m, x, gemv or None)
-            (ptx,) = [k.asm["ptx"] for cache in kernel.device_caches.values() for k in cache[0].values()]
+            (asm,) = [k.asm for cache in kernel.device_caches.values() for k in cache[0].values()]
         (launch,) = launches
-        return launch, ptx
+        return launch, asm
 
     same = total = 0
     for shape in args.shapes.split(","):
@@ -119,12 +120,18 @@ def dry(args: argparse.Namespace) -> None:
             m = layer(precision, N, K, "cpu", torch.bfloat16)
             print(f"{precision} {N} x {K}, sm_{args.dry}:")
             for gemv in [{}] + configs(precision, N, K, m.group_size):
-                launch, ptx = compiled(m, x, gemv)
+                launch, asm = compiled(m, x, gemv)
                 if gemv:
                     total += 1
-                    same += all(compiled(m, x, {**gemv, "num_stages": n})[1] == ptx for n in (1, 3))
+                    same += all(compiled(m, x, {**gemv, "num_stages": n})[1]["ptx"] == asm["ptx"] for n in (1, 3))
+                blocks = dict(item.split("=") for item in launch.constants.split())
+                tile = int(blocks["BLOCK_G"]) * m.group_size if precision == "int4" else int(blocks["BLOCK_K"])
+                opcodes = executed_opcodes(asm["cubin"], -(-m.qweight.shape[1] // tile))
+                weights = N * K / (launch.grid[0] * launch.num_warps * 32)  # per thread
+                convert = sum(n for op, n in opcodes.items() if op.startswith("I2F"))
                 print(f"  {label(gemv):<18} programs {launch.grid[0]:>5}  registers {launch.registers:>3}  stack {launch.stack:>3} B  "
-                      f"programs/SM (registers) {launch.programs_per_sm:>2}  {launch.constants}")
+                      f"programs/SM (registers) {launch.programs_per_sm:>2}  instructions/weight {sum(opcodes.values()) / weights:5.2f}  "
+                      f"int-to-float/weight {convert / weights:4.2f}  {launch.constants}")
     print(f"1, 3 and the default pipeline stages compile to the same PTX in {same} of {total} configurations")
 
 
@@ -185,7 +192,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=5)
     parser.add_argument("--all", action="store_true", help="also list every configuration's time, fastest first")
     parser.add_argument("--check", action="store_true", help="check every configuration against the reference (CPU, interpreter)")
-    parser.add_argument("--dry", type=int, metavar="ARCH", help="compile every configuration for this CUDA compute capability (no GPU) and list registers")
+    parser.add_argument("--dry", type=int, metavar="ARCH", help="compile every configuration for this CUDA compute capability (no GPU): registers, instructions per weight")
     args = parser.parse_args()
     if args.dry:
         dry(args)

@@ -357,6 +357,38 @@ def test_bench_compile_for_compiles_every_kernel_of_a_chunk_for_hopper_and_thor(
             assert launch["stack"] == 0 and 0 < launch["registers"] <= 255 and launch["programs_per_sm"] >= 1, launch
 
 
+@pytest.mark.skipif(not _cuda_compiler(), reason="needs triton with its CUDA compiler tools")
+def test_int4_gemv_converts_no_code_with_an_int_to_float_instruction(tmp_path):
+    """The grouped int4 GEMV compiled for sm_90 and Thor dequantizes its codes with bit operations: int-to-float
+    instructions (quarter rate up to sm_90; one per weight had bounded the kernel) remain only for its zero
+    points, a few per hundred weights. In a fresh process, as above."""
+    script = (
+        "import json, torch\n"
+        "from embodyhub.export.kernels import triton_kernels as tk\n"
+        "from embodyhub.export.kernels.compile_check import dry_target, executed_opcodes\n"
+        "from embodyhub.export.quantize import QuantizedLinear\n"
+        "m = QuantizedLinear.from_linear(torch.nn.Linear(2048, 2048, bias=False), 'int4', 128).to(torch.bfloat16)\n"
+        "x = torch.randn(1, 2048, dtype=torch.bfloat16)\n"
+        "per_weight = {}\n"
+        "for arch in (90, 110):\n"
+        "    with dry_target(arch) as launches:\n"
+        "        tk.int4_linear(x, m.qweight, m.scale, m.zero, m.group_size)\n"
+        "        (kernel,) = [k for cache in tk._int4_gemv_grouped_kernel.device_caches.values() for k in cache[0].values()]\n"
+        "    (launch,) = launches\n"
+        "    assert 'BLOCK_G=8' in launch.constants, launch  # the 1024 packed bytes of a row in one pass\n"
+        "    opcodes = executed_opcodes(kernel.asm['cubin'], 1)\n"
+        "    weights = 2048 * 2048 / (launch.grid[0] * launch.num_warps * 32)\n"
+        "    per_weight[arch] = [sum(opcodes.values()) / weights, sum(n for op, n in opcodes.items() if op.startswith('I2F')) / weights]\n"
+        "print(json.dumps(per_weight))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "EMBODYHUB_KERNELS")}
+    env.update(TRITON_HOME=str(tmp_path), TRITON_CACHE_DIR=str(tmp_path / "triton-cache"))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for arch, (instructions, conversions) in json.loads(result.stdout).items():
+        assert 2 < instructions < 20 and conversions < 0.1, (arch, instructions, conversions)
+
+
 def test_export_merges_a_lora_adapter(tmp_path):
     from embodyhub.export.thor import load_model
     from embodyhub.training.lora import attach_adapter, lora_config, save_adapter

@@ -88,6 +88,29 @@ def cubin_resources(cubin: bytes) -> tuple[int, int]:
     return int(registers.group(1)), int(stack.group(1))
 
 
+_OPCODE = re.compile(r"^\S+\t(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")  # a SASS line: control bits, predicate, opcode
+
+
+def executed_opcodes(cubin: bytes, passes: int) -> Counter[str]:
+    """The SASS opcodes one thread of a compiled GEMV executes when it makes ``passes`` passes over its rows:
+    every instruction of the kernel, with the body of its loop over row tiles (the widest backward branch;
+    the first tile is peeled before it) counted once per pass after the first. From ``cuobjdump -sass``."""
+    from triton.tools.disasm import get_sass
+
+    lines = get_sass(cubin).splitlines()
+    loop = (0, -1)  # no loop: an empty body
+    for i, line in enumerate(lines):
+        target = re.search(r"\bBRA (\w+);", line)
+        if target and f"{target.group(1)}:" in lines:
+            start = lines.index(f"{target.group(1)}:")
+            if start < i - 1 and i - start > loop[1] - loop[0]:  # not the branch to itself that ends every kernel
+                loop = (start, i)
+    opcodes = Counter(m.group(1) for line in lines if (m := _OPCODE.match(line)))
+    for op, n in Counter(m.group(1) for line in lines[loop[0] : loop[1] + 1] if (m := _OPCODE.match(line))).items():
+        opcodes[op] += (passes - 2) * n
+    return opcodes
+
+
 def cuda_tools_available() -> bool:
     """Whether this Triton build carries its CUDA backend's tools (ptxas, cuobjdump ship in the Linux wheels)."""
     import triton

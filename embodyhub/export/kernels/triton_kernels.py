@@ -52,6 +52,14 @@ def _dot(a, b):
     return tl.dot(a, b)
 
 
+# 2 ** 23, whose float32 mantissa counts in ones: OR'ing an integer m < 2 ** 23 into its bits (``EXACT_BITS``) gives
+# 2 ** 23 + m exactly. The int4 GEMV dequantizes so, not by int-to-float conversions, which issue at a quarter of the
+# float32 rate (16 per cycle per multiprocessor up to sm_90): one per weight had as many cycles as all its other
+# instructions together (SASS of the dry compile, ``benchmarks/kernel_sweep.py --dry``).
+EXACT = tl.constexpr(8388608.0)
+EXACT_BITS = 0x4B000000
+
+
 @triton.jit
 def _gemv_store(acc, b_ptr, r_ptr, y_ptr, row, n, n_ok, stride_rm, stride_ym, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
     """A GEMV row's epilogue: bias, then the decoder layer's residual add, in float32 before the one rounding."""
@@ -178,24 +186,29 @@ def _int4_groups(q_ptr, s_ptr, z_ptr, n, n_ok, g0, KH, GROUPS, HALF, GROUP: tl.c
 
 
 @triton.jit
-def _int4_groups_dot(packed, s_lo, s_hi, z_lo, z_hi, x_ptr, g0, KH, HALF, GROUP: tl.constexpr, BLOCK_G: tl.constexpr):
-    """Per group ``scale * (codes . x - zero * sum(x))``, summed over the groups: ``[BLOCK_N]``."""
+def _int4_groups_dot(packed, s_lo, s_hi, z_lo, z_hi, x_ptr, g0, KH, HALF, exact_bits, GROUP: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Per group ``scale * ((codes - zero) . x)``, summed over the groups: ``[BLOCK_N]``. ``exact_bits`` is
+    ``EXACT_BITS``, a run-time value rather than a literal so that ptxas keeps it in a register and does each
+    nibble's mask and OR in one LOP3 (with both as literals, two instructions)."""
     g = g0 + tl.arange(0, BLOCK_G)
     g_ok = g < HALF
     j = g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
     x_lo = tl.load(x_ptr + j, mask=g_ok[:, None], other=0.0).to(tl.float32)
     x_hi = tl.load(x_ptr + KH + j, mask=g_ok[:, None], other=0.0).to(tl.float32)
     codes = packed.to(tl.int32)
-    dot_lo = tl.sum((codes & 15).to(tl.float32) * x_lo[None, :, :], 2)
-    dot_hi = tl.sum((codes >> 4).to(tl.float32) * x_hi[None, :, :], 2)
-    lo = s_lo.to(tl.float32) * (dot_lo - z_lo.to(tl.float32) * tl.sum(x_lo, 1)[None, :])
-    hi = s_hi.to(tl.float32) * (dot_hi - z_hi.to(tl.float32) * tl.sum(x_hi, 1)[None, :])
-    return tl.sum(lo + hi, 1)
+    # code - zero, exact: the low nibble as is, the high one where it lies (16 x code), undone by its scale's 1/16
+    c_lo = z_lo.to(tl.float32) + EXACT
+    c_hi = z_hi.to(tl.float32) * 16.0 + EXACT
+    lo = ((codes & 15) | exact_bits).to(tl.float32, bitcast=True) - c_lo[:, :, None]
+    hi = ((codes & 240) | exact_bits).to(tl.float32, bitcast=True) - c_hi[:, :, None]
+    dot_lo = tl.sum(lo * x_lo[None, :, :], 2)
+    dot_hi = tl.sum(hi * x_hi[None, :, :], 2)
+    return tl.sum(s_lo.to(tl.float32) * dot_lo + (s_hi.to(tl.float32) * 0.0625) * dot_hi, 1)
 
 
 @triton.jit
 def _int4_gemv_grouped_kernel(
-    x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, r_ptr, y_ptr, N, KH, GROUPS, stride_xm, stride_rm, stride_ym,
+    x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, r_ptr, y_ptr, N, KH, GROUPS, stride_xm, stride_rm, stride_ym, exact_bits,
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
     PDL: tl.constexpr,
 ):
@@ -208,10 +221,10 @@ def _int4_gemv_grouped_kernel(
     x_row = x_ptr + row * stride_xm
     packed, s_lo, s_hi, z_lo, z_hi = _int4_groups(q_ptr, s_ptr, z_ptr, n, n_ok, 0, KH, GROUPS, half, GROUP, BLOCK_G)  # peeled: loads before the wait
     _pdl_wait(PDL)
-    acc = _int4_groups_dot(packed, s_lo, s_hi, z_lo, z_hi, x_row, 0, KH, half, GROUP, BLOCK_G)
+    acc = _int4_groups_dot(packed, s_lo, s_hi, z_lo, z_hi, x_row, 0, KH, half, exact_bits, GROUP, BLOCK_G)
     for g0 in range(BLOCK_G, half, BLOCK_G):
         p, sl, sh, zl, zh = _int4_groups(q_ptr, s_ptr, z_ptr, n, n_ok, g0, KH, GROUPS, half, GROUP, BLOCK_G)
-        acc += _int4_groups_dot(p, sl, sh, zl, zh, x_row, g0, KH, half, GROUP, BLOCK_G)
+        acc += _int4_groups_dot(p, sl, sh, zl, zh, x_row, g0, KH, half, exact_bits, GROUP, BLOCK_G)
     _gemv_store(acc, b_ptr, r_ptr, y_ptr, row, n, n_ok, stride_rm, stride_ym, HAS_BIAS, HAS_RESIDUAL)
 
 
@@ -480,7 +493,7 @@ def int4_linear(
         block_n, block_k = _gemv_blocks(x2, N, KH, 2048)
         launch = _gemv_launch(x2, block_n, {"BLOCK_G": max(1, block_k // group_size)}, gemv)
         _int4_gemv_grouped_kernel[(triton.cdiv(N, launch["BLOCK_N"]), M)](
-            x2, qweight, scale, zero, b, r, y, N, KH, groups, x2.stride(0), r.stride(0), y.stride(0), bias is not None, residual is not None,
+            x2, qweight, scale, zero, b, r, y, N, KH, groups, x2.stride(0), r.stride(0), y.stride(0), EXACT_BITS, bias is not None, residual is not None,
             GROUP=group_size, **launch,
         )
     else:
