@@ -1,9 +1,10 @@
 """Launch-configuration sweep of the fused batch-1 GEMV kernels (int8, grouped int4) on this GPU.
 
 Peer: bf16 torch (``F.linear``) on the same shape. For each shape it prints the GPU time per call of
-bf16 torch, of the kernel as ``int8_linear``/``int4_linear`` launch it by default (``_gemv_blocks``),
-and of the fastest configurations (rows per program, columns or groups per load, warps), all launched
-plainly (``PDL`` off, whatever the module default) and each timed like
+bf16 torch, of the kernel as ``int8_linear``/``int4_linear`` launch it by default (``_gemv_blocks``;
+int4 also without its 128-register cap), and of the fastest configurations (rows per program, columns
+or groups per load, warps), all launched plainly (``PDL`` off, whatever the module default) and each
+timed like
 ``benchmarks/export.py``'s GEMV table (copies of the layer in one CUDA graph, L2 flushed); then, on sm_90+,
 the default and those fastest again under programmatic dependent launch (``PDL``: each call starts, and
 loads its first weights, while the previous one finishes). Every configuration's output is first checked
@@ -172,6 +173,8 @@ def sweep(args: argparse.Namespace) -> None:
             rows.sort(key=lambda row: row[0])
             best = "; ".join(f"{us:.2f} us {label(gemv)} ({bf16 / us:.2f}x)" for us, gemv in rows[: args.top])
             print(f"{precision} {N} x {K}: bf16 torch {bf16:.2f} us, default {default:.2f} us ({bf16 / default:.2f}x); best: {best}", flush=True)
+            if precision == "int4":  # the default caps registers at 128 (int4_linear): the same launch without the cap
+                print(f"  default without the register cap: {timed({'PDL': False, 'maxnreg': None}):.2f} us", flush=True)
             if args.all:
                 print("  all: " + "; ".join(f"{label(gemv)} {us:.2f}" for us, gemv in rows))
             if pdl_capable():

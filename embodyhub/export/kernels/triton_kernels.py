@@ -472,7 +472,7 @@ def int4_linear(
 ) -> Tensor:
     """Fused int4 (group-wise, half-split packing) dequant + matmul (+ ``residual`` in the GEMV's epilogue);
     matches ``reference.int4_linear``. ``gemv`` overrides the grouped GEMV launch (``BLOCK_N``, ``BLOCK_G``
-    groups per load, ``num_warps``, ``num_stages``, ``PDL``), for block-size sweeps."""
+    groups per load, ``num_warps``, ``num_stages``, ``maxnreg``, ``PDL``), for block-size sweeps."""
     x2 = _rows(x)
     M, K = x2.shape
     N, KH = qweight.shape
@@ -491,7 +491,9 @@ def int4_linear(
     r = _rows(residual.reshape(M, N)) if residual is not None else y
     if K == 2 * KH and KH % group_size == 0 and group_size == triton.next_power_of_2(group_size):
         block_n, block_k = _gemv_blocks(x2, N, KH, 2048)
-        launch = _gemv_launch(x2, block_n, {"BLOCK_G": max(1, block_k // group_size)}, gemv)
+        # At most 128 registers: 16 warps per multiprocessor (four programs of 4), as _gemv_blocks plans. Without
+        # the cap Triton 3.6 gives WIDE's GEMVs 168 (three programs); with it, no spill (dry compile, sm_90).
+        launch = _gemv_launch(x2, block_n, {"BLOCK_G": max(1, block_k // group_size)}, gemv, maxnreg=128)
         _int4_gemv_grouped_kernel[(triton.cdiv(N, launch["BLOCK_N"]), M)](
             x2, qweight, scale, zero, b, r, y, N, KH, groups, x2.stride(0), r.stride(0), y.stride(0), EXACT_BITS, bias is not None, residual is not None,
             GROUP=group_size, **launch,
