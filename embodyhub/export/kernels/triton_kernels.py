@@ -492,7 +492,8 @@ def int4_linear(
     if K == 2 * KH and KH % group_size == 0 and group_size == triton.next_power_of_2(group_size):
         block_n, block_k = _gemv_blocks(x2, N, KH, 2048)
         # At most 128 registers: 16 warps per multiprocessor (four programs of 4), as _gemv_blocks plans. Without
-        # the cap Triton 3.6 gives WIDE's GEMVs 168 (three programs); with it, no spill (dry compile, sm_90).
+        # the cap Triton 3.6 gives WIDE's GEMVs 168 (three programs); with it they do not spill, and under
+        # Triton 3.9 a few launches keep 8-16 bytes on the stack (dry compile; README).
         launch = _gemv_launch(x2, block_n, {"BLOCK_G": max(1, block_k // group_size)}, gemv, maxnreg=128)
         _int4_gemv_grouped_kernel[(triton.cdiv(N, launch["BLOCK_N"]), M)](
             x2, qweight, scale, zero, b, r, y, N, KH, groups, x2.stride(0), r.stride(0), y.stride(0), EXACT_BITS, bias is not None, residual is not None,
