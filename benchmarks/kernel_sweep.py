@@ -103,13 +103,14 @@ def dry(args: argparse.Namespace) -> None:
     per weight and how many of them are int-to-float conversions (a quarter-rate pipe up to sm_90), and
     whether 1 and 3 pipeline stages compile to the same PTX; no timing."""
     from embodyhub.export.kernels import triton_kernels as tk
-    from embodyhub.export.kernels.compile_check import dry_target, executed_opcodes
+    from embodyhub.export.kernels.compile_check import compiled_variants, dry_target, executed_opcodes
 
     def compiled(m: QuantizedLinear, x: torch.Tensor, gemv: dict[str, int]) -> tuple[object, dict[str, object]]:
         kernel = tk._int8_gemv_kernel if m.precision == "int8" else tk._int4_gemv_grouped_kernel
         with dry_target(args.dry) as launches:
             call(m, x, gemv or None)
-            (asm,) = [k.asm for cache in kernel.device_caches.values() for k in cache[0].values()]
+            (variant,) = compiled_variants(kernel)
+            asm = variant.asm
         (launch,) = launches
         return launch, asm
 

@@ -365,7 +365,7 @@ def test_int4_gemv_converts_no_code_with_an_int_to_float_instruction(tmp_path):
     script = (
         "import json, torch\n"
         "from embodyhub.export.kernels import triton_kernels as tk\n"
-        "from embodyhub.export.kernels.compile_check import dry_target, executed_opcodes\n"
+        "from embodyhub.export.kernels.compile_check import compiled_variants, dry_target, executed_opcodes\n"
         "from embodyhub.export.quantize import QuantizedLinear\n"
         "m = QuantizedLinear.from_linear(torch.nn.Linear(2048, 2048, bias=False), 'int4', 128).to(torch.bfloat16)\n"
         "x = torch.randn(1, 2048, dtype=torch.bfloat16)\n"
@@ -373,7 +373,7 @@ def test_int4_gemv_converts_no_code_with_an_int_to_float_instruction(tmp_path):
         "for arch in (90, 110):\n"
         "    with dry_target(arch) as launches:\n"
         "        tk.int4_linear(x, m.qweight, m.scale, m.zero, m.group_size)\n"
-        "        (kernel,) = [k for cache in tk._int4_gemv_grouped_kernel.device_caches.values() for k in cache[0].values()]\n"
+        "        (kernel,) = compiled_variants(tk._int4_gemv_grouped_kernel)\n"
         "    (launch,) = launches\n"
         "    assert 'BLOCK_G=8' in launch.constants, launch  # the 1024 packed bytes of a row in one pass\n"
         "    opcodes = executed_opcodes(kernel.asm['cubin'], 1)\n"

@@ -195,6 +195,13 @@ def dry_target(arch: int, multiprocessors: int | None = None) -> Iterator[Counte
                 kernel.device_caches.clear()
 
 
+def compiled_variants(kernel: Any) -> list[Any]:
+    """The compiled variants a Triton ``@jit`` kernel holds in memory (one per specialization launched since
+    its cache was last cleared), each with its ``asm`` (``ptx``, ``cubin``): read them inside ``dry_target``,
+    which clears these caches on exit."""
+    return [compiled for cache in kernel.device_caches.values() for compiled in cache[0].values()]
+
+
 def compile_decoder(model: Any, processor: Any, robot: str, arch: int, batch: int = 1, multiprocessors: int | None = None) -> dict[str, Any]:
     """One chunk of ``GraphedDecoder`` (eager; fused layers reading the quantized weights, as on a GPU) with
     every launch compiled for ``arch``: ``{"gpu", "multiprocessors", "prefill": Counter, "decode": Counter, "steps"}``."""
