@@ -22,7 +22,6 @@ no float64).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
@@ -95,7 +94,7 @@ class PrefillGraph(nn.Module):
         batch.pop("action_decoder")
         dims, steps = batch.pop("action_dims"), batch.pop("action_steps")
         bos = torch.full((q.shape[0], 1), self.model.config.bos_token_id, dtype=torch.long, device=dims.device)
-        with _dequantized(self.model, self.dequantize):
+        with dequantize_once(self.model, self.dequantize):
             out = self.model(bos, dims[:, :1], steps[:, :1], use_cache=True, **batch)
         return out, batch["state"]
 
@@ -119,7 +118,7 @@ class LoopPrefillGraph(PrefillGraph):
         pad = self.slots - mask.shape[1]
         keys, values = (F.pad(t, (0, 0, 0, pad)) for t in _stacked(out.cache))
         mask = torch.cat([mask, mask.new_zeros(mask.shape[0], pad)], 1)
-        return _greedy(out.logits[:, -1], self.model.config.action_bins), keys, values, mask, state
+        return greedy_token(out.logits[:, -1], self.model.config.action_bins), keys, values, mask, state
 
 
 class LoopStepGraph(nn.Module):
@@ -161,8 +160,8 @@ class LoopStepGraph(nn.Module):
         are), for a runtime that keeps one cache buffer; otherwise new buffers are returned (ONNX ``Loop``)."""
         logits, cache = self._decode(i, token, prefill_mask, keys, values)
         if self.in_place:
-            return _greedy(logits, self.model.config.action_bins), keys, values
-        return _greedy(logits, self.model.config.action_bins), torch.stack(cache.keys), torch.stack(cache.values)
+            return greedy_token(logits, self.model.config.action_bins), keys, values
+        return greedy_token(logits, self.model.config.action_bins), torch.stack(cache.keys), torch.stack(cache.values)
 
     def logits(self, i: Tensor, token: Tensor, prefill_mask: Tensor, keys: Tensor, values: Tensor) -> Tensor:
         """The step's action logits ``[B, vocab]`` (the cache written in place), for a runtime that picks and
@@ -182,7 +181,7 @@ class LoopStepGraph(nn.Module):
             cos, sin = trunk.rotary_emb(hidden, position.expand(B, 1))
             mask = prefill_mask | ((self.slots >= self.first_slot) & (self.slots <= position))[None]
         cache = _SlotCache(keys, values, position if self.in_place else self.slots == position)
-        with _dequantized(self.model, self.dequantize):
+        with dequantize_once(self.model, self.dequantize):
             for layer in trunk.layers:
                 hidden = layer(hidden, (cos, sin), mask[:, None, None, :], cache)
             return self.model.action_head(trunk.norm(hidden))[:, -1], cache
@@ -207,10 +206,6 @@ class _SlotCache:
         return self.keys[layer_idx], self.values[layer_idx]
 
 
-def _dequantized(model: nn.Module, dequantize: bool) -> contextlib.AbstractContextManager[None]:
-    return dequantize_once(model) if dequantize else contextlib.nullcontext()
-
-
 class CanonicalGraph(PolicyGraph):
     """``(tokens, state) -> canonical``: ``PolicyGraph.canonical``, the Loop policy's tail."""
 
@@ -218,7 +213,7 @@ class CanonicalGraph(PolicyGraph):
         return self.canonical(tokens, state)
 
 
-def _greedy(logits: Tensor, bins: int) -> Tensor:
+def greedy_token(logits: Tensor, bins: int) -> Tensor:
     """The greedy token ``[B, 1]`` among the action bins (never BOS), as ``sample_action_tokens`` picks it."""
     return logits[:, :bins].argmax(-1, keepdim=True)
 
@@ -292,7 +287,7 @@ def export_decode_step(
     with torch.no_grad():
         logits, keys, values, mask = PrefillGraph(model, processor, embodiment)(q, goal)
         dims, steps = processor.schedule(processor.resolve(embodiment))
-    token = logits[:, : model.config.action_bins].argmax(-1, keepdim=True)
+    token = greedy_token(logits, model.config.action_bins)
     mask = torch.cat([mask, mask.new_ones(batch_size, 1)], 1)
     args = (token, dims[None, 1:2].expand(batch_size, 1), steps[None, 1:2].expand(batch_size, 1), mask, keys, values)
     dynamic = {"attention_mask": {1: "total"}, "past_keys": {3: "past"}, "past_values": {3: "past"}, "present_keys": {3: "total"}, "present_values": {3: "total"}}
@@ -319,7 +314,7 @@ def check_decode_step(
         step_graph = DecodeStepGraph(model)
         ort_keys, ort_values = keys.numpy(), values.numpy()
         for k in range(1, dims.shape[0]):
-            token = logits[:, : model.config.action_bins].argmax(-1, keepdim=True)
+            token = greedy_token(logits, model.config.action_bins)
             mask = torch.cat([mask, mask.new_ones(1, 1)], 1)
             feed = (token, dims[None, k : k + 1], steps[None, k : k + 1], mask)
             logits, keys, values = step_graph(*feed, keys, values)

@@ -200,11 +200,12 @@ class QuantizedLinear(nn.Module):
 
 
 @contextlib.contextmanager
-def dequantize_once(model: nn.Module) -> Iterator[None]:
+def dequantize_once(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     """Within the block every ``QuantizedLinear`` computes with a weight dequantized on entry. Traced for
     ONNX, the dequantize arithmetic then appears once per layer instead of once per decoded token (the
-    file keeps the integer weights); eagerly, a chunk pays the dequantization once instead of per token."""
-    layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    file keeps the integer weights); eagerly, a chunk pays the dequantization once instead of per token.
+    ``enabled=False`` leaves the layers as they are (a fused kernel dequantizes in place)."""
+    layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)] if enabled else []
     try:
         for layer in layers:
             layer.dequantized_t = layer.dequantize_t()

@@ -22,7 +22,8 @@ from ..embodiment import Embodiment
 from ..errors import EmbodyHubError
 from ..models.wam import WamForActionPrediction, WamProcessor
 from . import kernels
-from .onnx import OUTPUT_NAMES, LoopStepGraph, _dequantized, _greedy, example_inputs, loop_head, ort_session
+from .onnx import OUTPUT_NAMES, LoopStepGraph, example_inputs, greedy_token, loop_head, ort_session
+from .quantize import dequantize_once
 from .thor import MANIFEST_NAME
 
 
@@ -157,10 +158,10 @@ class GraphedDecoder:
 
     def _prefill(self) -> None:
         b = self._buffers
-        with _dequantized(self.model, self.dequantize):
+        with dequantize_once(self.model, self.dequantize):
             out = self.model(b["bos"], cache=_PrefixCache(b["keys"], b["values"]), use_cache=True, **b["inputs"])
         b["mask"][:, : out.attention_mask.shape[1]].copy_(out.attention_mask)
-        b["first"].copy_(_greedy(out.logits[:, -1], self.model.config.action_bins))
+        b["first"].copy_(greedy_token(out.logits[:, -1], self.model.config.action_bins))
         b["tokens"][:, :1].copy_(b["first"])
 
     def _advance(self) -> None:
