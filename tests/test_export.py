@@ -361,9 +361,11 @@ def test_bench_compile_for_compiles_every_kernel_of_a_chunk_for_hopper_and_thor(
 def test_int4_gemv_converts_no_code_with_an_int_to_float_instruction(tmp_path):
     """The grouped int4 GEMV compiled for sm_90 and Thor dequantizes its codes with bit operations: int-to-float
     instructions (quarter rate up to sm_90; one per weight had bounded the kernel) remain only for its zero
-    points, a few per hundred weights. In a fresh process, as above."""
+    points, a few per hundred weights. And the installed Triton lays out its codes with no threads along the rows
+    (``INT4_ROWS_LAST``): a thread holds all its rows, so each x value it converts serves every one. In a fresh
+    process, as above."""
     script = (
-        "import json, torch\n"
+        "import json, re, torch\n"
         "from embodyhub.export.kernels import triton_kernels as tk\n"
         "from embodyhub.export.kernels.compile_check import compiled_variants, dry_target, executed_opcodes\n"
         "from embodyhub.export.quantize import QuantizedLinear\n"
@@ -376,6 +378,10 @@ def test_int4_gemv_converts_no_code_with_an_int_to_float_instruction(tmp_path):
         "        (kernel,) = compiled_variants(tk._int4_gemv_grouped_kernel)\n"
         "    (launch,) = launches\n"
         "    assert 'BLOCK_G=8' in launch.constants, launch  # the 1024 packed bytes of a row in one pass\n"
+        "    rows = 2 if tk.INT4_ROWS_LAST else 0  # the codes load is [BLOCK_G, GROUP, BLOCK_N] or [BLOCK_N, BLOCK_G, GROUP]\n"
+        "    for layout in set(re.findall(r'tt\\.load .*: tensor<\\d+x\\d+x\\d+x!tt\\.ptr<i8>, #(\\w+)>', kernel.asm['ttgir'])):  # each pass's\n"
+        "        threads = re.search('#' + layout + r' = .*threadsPerWarp = \\[(\\d+), (\\d+), (\\d+)\\]', kernel.asm['ttgir'])\n"
+        "        assert int(threads.group(1 + rows)) == 1, threads.group(0)\n"
         "    opcodes = executed_opcodes(kernel.asm['cubin'], 1)\n"
         "    weights = 2048 * 2048 / (launch.grid[0] * launch.num_warps * 32)\n"
         "    per_weight[arch] = [sum(opcodes.values()) / weights, sum(n for op, n in opcodes.items() if op.startswith('I2F')) / weights]\n"

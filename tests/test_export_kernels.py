@@ -93,6 +93,22 @@ def test_int4_linear_matches_reference(m, k, n, group_size):
     torch.testing.assert_close(reference.int4_linear(x, q, s, z, group_size, b, r), want + r, rtol=0, atol=0)
 
 
+@pytest.mark.skipif(not _interpreted(), reason="a GPU compiles the one load layout its Triton wants; the interpreter runs both")
+@pytest.mark.parametrize("rows_last", [False, True])
+@pytest.mark.parametrize("m,k,n,group_size", [(1, 256, 40, 32), (2, 192, 13, 32), (1, 512, 9, 64)])
+def test_grouped_int4_gemv_loads_either_layout(monkeypatch, rows_last, m, k, n, group_size):
+    """``INT4_ROWS_LAST`` (chosen by the Triton version) loads the codes rows-last and permutes them back: the
+    same tensor, so the same result as the reference either way."""
+    import triton.language as tl
+
+    monkeypatch.setattr(tk, "INT4_ROWS_LAST", tl.constexpr(rows_last))
+    g = _gen(m + k + n + group_size)
+    w, x, r = torch.randn(n, k, generator=g), torch.randn(m, k, generator=g), torch.randn(m, n, generator=g)
+    q, s, z = quantize_int4(w, group_size)
+    got = tk.int4_linear(x, q, s, z, group_size, residual=r, gemv={"BLOCK_N": 4, "BLOCK_G": 2})
+    torch.testing.assert_close(got, reference.int4_linear(x, q, s, z, group_size, None, r), rtol=1e-4, atol=1e-4)
+
+
 @in_process
 @pytest.mark.parametrize("m,k,n", [(1, 37, 29), (3, 64, 16)])
 def test_float_linear_with_residual_matches_reference(m, k, n):

@@ -58,6 +58,14 @@ def _dot(a, b):
 # instructions together (SASS of the dry compile, ``benchmarks/kernel_sweep.py --dry``).
 EXACT = tl.constexpr(8388608.0)
 EXACT_BITS = 0x4B000000
+# The grouped int4 GEMV wants each thread to hold every row of its columns, so that each x value it converts to
+# float32 serves all the rows (with one row per thread, one conversion per weight: about 1 in 7 of the
+# instructions of its dry compile for sm_90). Triton lays a load out by its address contiguity and hands out
+# threads in that order; it breaks the tie between the rows and groups dimensions, neither contiguous, by their
+# index: before 3.7 the lower index gets threads first, from 3.7 on the higher one. So the GEMV loads its codes
+# rows-last before 3.7 and rows-first after, and either way the rows get none (``tests/test_export.py`` checks
+# the layout under the installed Triton).
+INT4_ROWS_LAST = tl.constexpr(tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 7))
 
 
 @triton.jit
@@ -175,7 +183,10 @@ def _int4_groups(q_ptr, s_ptr, z_ptr, n, n_ok, g0, KH, GROUPS, HALF, GROUP: tl.c
     g = g0 + tl.arange(0, BLOCK_G)
     g_ok = g < HALF
     j = g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]  # packed columns [BLOCK_G, GROUP]
-    packed = tl.load(q_ptr + n[:, None, None] * KH + j[None, :, :], mask=n_ok[:, None, None] & g_ok[None, :, None], other=0)
+    if INT4_ROWS_LAST:  # the same tensor, laid out by a load whose rows come last (see INT4_ROWS_LAST)
+        packed = tl.permute(tl.load(q_ptr + j[:, :, None] + n[None, None, :] * KH, mask=g_ok[:, None, None] & n_ok[None, None, :], other=0), (2, 0, 1))
+    else:
+        packed = tl.load(q_ptr + n[:, None, None] * KH + j[None, :, :], mask=n_ok[:, None, None] & g_ok[None, :, None], other=0)
     ok = n_ok[:, None] & g_ok[None, :]
     at = n[:, None] * GROUPS + g[None, :]
     s_lo = tl.load(s_ptr + at, mask=ok, other=0.0)
