@@ -4,8 +4,7 @@ Peer: bf16 torch (``F.linear``) on the same shape. For each shape it prints the 
 bf16 torch, of the kernel as ``int8_linear``/``int4_linear`` launch it by default (``_gemv_blocks``;
 int4 also without its 128-register cap), and of the fastest configurations (rows per program, columns
 or groups per load, warps), all launched plainly (``PDL`` off, whatever the module default) and each
-timed like
-``benchmarks/export.py``'s GEMV table (copies of the layer in one CUDA graph, L2 flushed); then, on sm_90+,
+timed like ``benchmarks/export.py``'s GEMV table (copies of the layer in one CUDA graph, L2 flushed); then, on sm_90+,
 the default and those fastest again under programmatic dependent launch (``PDL``: each call starts, and
 loads its first weights, while the previous one finishes). Every configuration's output is first checked
 against the torch reference; one that misses is reported and not timed. The default shape is the largest

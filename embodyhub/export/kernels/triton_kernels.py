@@ -177,12 +177,18 @@ def _int4_gemv_kernel(
 
 
 @triton.jit
+def _int4_group_columns(g0, HALF, GROUP: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Groups ``g0 .. g0 + BLOCK_G`` of each half of K: their indices, which exist, and their packed columns
+    ``[BLOCK_G, GROUP]``."""
+    g = g0 + tl.arange(0, BLOCK_G)
+    return g, g < HALF, g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+
+
+@triton.jit
 def _int4_groups(q_ptr, s_ptr, z_ptr, n, n_ok, g0, KH, GROUPS, HALF, GROUP: tl.constexpr, BLOCK_G: tl.constexpr):
     """The weights of a grouped int4 GEMV's rows ``n`` at groups ``g0 .. g0 + BLOCK_G`` of each half of K:
     packed codes ``[BLOCK_N, BLOCK_G, GROUP]``, then the low and high halves' scales and zero points."""
-    g = g0 + tl.arange(0, BLOCK_G)
-    g_ok = g < HALF
-    j = g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]  # packed columns [BLOCK_G, GROUP]
+    g, g_ok, j = _int4_group_columns(g0, HALF, GROUP, BLOCK_G)
     if INT4_ROWS_LAST:  # the same tensor, laid out by a load whose rows come last (see INT4_ROWS_LAST)
         packed = tl.permute(tl.load(q_ptr + j[:, :, None] + n[None, None, :] * KH, mask=g_ok[:, None, None] & n_ok[None, None, :], other=0), (2, 0, 1))
     else:
@@ -201,9 +207,7 @@ def _int4_groups_dot(packed, s_lo, s_hi, z_lo, z_hi, x_ptr, g0, KH, HALF, exact_
     """Per group ``scale * ((codes - zero) . x)``, summed over the groups: ``[BLOCK_N]``. ``exact_bits`` is
     ``EXACT_BITS``, a run-time value rather than a literal so that ptxas keeps it in a register and does each
     nibble's mask and OR in one LOP3 (with both as literals, two instructions)."""
-    g = g0 + tl.arange(0, BLOCK_G)
-    g_ok = g < HALF
-    j = g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    _, g_ok, j = _int4_group_columns(g0, HALF, GROUP, BLOCK_G)
     x_lo = tl.load(x_ptr + j, mask=g_ok[:, None], other=0.0).to(tl.float32)
     x_hi = tl.load(x_ptr + KH + j, mask=g_ok[:, None], other=0.0).to(tl.float32)
     codes = packed.to(tl.int32)
