@@ -127,6 +127,19 @@ def test_full_finetuning_uses_its_own_learning_rate(base, tmp_path, monkeypatch)
     assert rates == [1e-3, 1e-4]
 
 
+def test_same_recipe_and_data_give_the_same_adapter_whatever_the_callers_random_state(base, tmp_path):
+    """peft draws the adapter's initial weights from the global generator; adapt seeds it from the recipe."""
+    generate(["panda"], tmp_path / "d", episodes_per_robot=2, tasks=["reach"], steps_per_episode=8, progress=False)
+    adapters = []
+    for caller_seed in (1, 2):
+        torch.manual_seed(caller_seed)
+        model, _ = adapt(WamForActionPrediction.from_pretrained(base), WamProcessor.from_pretrained(base), load_robot("panda"),
+                         load_dataset(tmp_path / "d" / "panda"), AdaptRecipe(**RECIPE), progress=False)
+        adapters.append({k: v for k, v in model.state_dict().items() if "lora_" in k})
+    assert adapters[0] and adapters[0].keys() == adapters[1].keys()
+    assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
+
+
 def test_transfer_benchmark_rows(base, tmp_path):
     rows, results = transfer_benchmark(base, load_robot("ur5"), AdaptRecipe(**RECIPE), tmp_path / "data", (2, 3), progress=False)
     assert [(r["method"], r["demos"]) for r in rows] == [

@@ -112,9 +112,12 @@ def adapt(
 
     ``full_finetune=True`` trains every weight of ``model`` instead, at ``recipe.full_learning_rate``: the
     baseline LoRA is measured against. The processor learns the robot's card so the result is saved with it.
+    ``recipe.seed`` seeds the adapter's initial weights and the batches: the same recipe and data give the
+    same adapter, whatever the caller's random state.
     """
     check_dataset(dataset, embodiment)
     processor.add_embodiment(embodiment)
+    torch.manual_seed(recipe.seed)  # peft draws the adapter's initial weights from the global generator
     if not full_finetune:
         model = attach_adapter(model, embodiment, lora_config(**recipe.lora))
     log = train(
