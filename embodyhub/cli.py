@@ -292,9 +292,9 @@ def _cmd_grpo(args: argparse.Namespace) -> int:
         raise EmbodyHubError("give --robot (or --adapter, whose folder names the robot)")
     else:
         emb = processor.embodiments[args.robot] if args.robot in processor.embodiments else load_robot(args.robot)
+    torch.manual_seed(recipe.seed)  # before a new adapter: peft draws its initial weights from the global generator
     if args.lora and not args.adapter:
         model = attach_adapter(model, emb, lora_config(**recipe.lora))
-    torch.manual_seed(recipe.seed)
     result = run_grpo(model, processor, [emb], recipe, Path(args.out))
     history = result["history"]
     print(f"{'step':>6} {'success':>8} {'seconds':>8}")

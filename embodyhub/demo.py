@@ -199,12 +199,12 @@ class Demo:
             eval_max_steps=r.eval_max_steps, **r.grpo,
         )
         start_from = self.adapter_dir()
+        torch.manual_seed(recipe.seed)  # before a new adapter: peft draws its initial weights from the global generator
         if start_from is not None:
             model, _ = load_adapter(self.base_model(), start_from, self.robot)
             trainable_adapter(model)
         else:
             model = attach_adapter(self.base_model(), self.robot, lora_config(**recipe.lora))
-        torch.manual_seed(recipe.seed)
         result = run_grpo(model, self.processor, [self.robot], recipe, folder)
         adapter = folder / "model" / self.robot.name
         return {
