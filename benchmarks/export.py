@@ -16,7 +16,8 @@ eager decoding for comparison and the profiler's count of kernels per step. The 
 launch every kernel without programmatic dependent launch; on sm_90+ each precision is decoded again with
 it, as the Triton kernels launch by default (``int4 pdl``: each kernel starts while the one before it
 finishes, a GEMV loading its first weights meanwhile), and those chunks' tokens are checked against the
-plain ones; the GEMV table adds the int4 GEMV so launched.
+plain ones; the GEMV table adds the int4 GEMV so launched. A second GEMV table gives bf16's and int4's
+time per further call, the graph's fixed cost removed (n and 3n copies timed).
 
     python benchmarks/export.py [--model DIR] [--robot panda] [--episodes 50] [--sizes] [--out /tmp/eh_export_bench]
 

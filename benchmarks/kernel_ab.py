@@ -6,7 +6,8 @@ precision, both modules' default launches are first checked against the referenc
 ``export.py``'s GEMV tables (copies of the layer in one CUDA graph, L2 flushed): per call over n copies,
 and per further call with the graph's fixed cost removed. Each is timed plainly and, on sm_90+, with
 programmatic dependent launch, and the two kernels alternate ``--repeats`` times, so the run-to-run
-noise shows next to the difference. Without CUDA (``TRITON_INTERPRET=1``) only the check runs.
+noise shows next to the difference. ``--against`` also takes a copy of that file (a machine without the
+git history). Without CUDA (``TRITON_INTERPRET=1``) only the check runs.
 
     python benchmarks/kernel_ab.py --against 9833f65 [--shapes 2048x8192,8192x2048] [--precisions int4,int8] [--repeats 2]
 """
