@@ -257,6 +257,11 @@ def streamed_us(calls: list[Callable[[], object]]) -> float:
     return 1e3 * gpu_ms(graph.replay) / len(calls)
 
 
+def bf16_linear_calls(x: torch.Tensor, w16: torch.Tensor, copies: int) -> list[Callable[[], object]]:
+    """bf16 torch's Linear on ``x``, the peer of the GEMV tables: one call per copy of ``w16``."""
+    return [lambda w=w16.clone(): torch.nn.functional.linear(x, w) for _ in range(copies)]
+
+
 def streamed_and_marginal_us(calls: list[Callable[[], object]]) -> tuple[float, float]:
     """``streamed_us`` of the first third of ``calls`` (3n of them), and the GPU time per further call: the
     graph's fixed cost (its launch, the first kernel's ramp-up) cancels in (T(3n) - T(n)) / 2n. At n = 8
@@ -300,10 +305,8 @@ def gemv_table(bandwidth: float) -> None:
             x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
             w16 = linear.weight.detach().to(torch.bfloat16)
             copies = streamed_copies(w16.nbytes)
-            weights = [w16.clone() for _ in range(3 * copies)]
             us, marginal = {}, {}
-            us["bf16"], marginal["bf16"] = streamed_and_marginal_us([lambda w=w: torch.nn.functional.linear(x, w) for w in weights])
-            del weights
+            us["bf16"], marginal["bf16"] = streamed_and_marginal_us(bf16_linear_calls(x, w16, 3 * copies))
             floor, error = {"bf16": w16.nbytes}, {}
             want = torch.nn.functional.linear(x, w16).float()
             for precision in ("int8", "int4"):

@@ -26,7 +26,6 @@ from types import ModuleType
 import torch
 
 from embodyhub.export.kernels import triton_kernels
-from embodyhub.export.quantize import QuantizedLinear
 
 KERNELS = "embodyhub/export/kernels/triton_kernels.py"
 
@@ -48,13 +47,6 @@ def kernels_at(rev: str, folder: Path) -> ModuleType:
     return module
 
 
-def run(kernels: ModuleType, m: QuantizedLinear, x: torch.Tensor, pdl: bool) -> torch.Tensor:
-    """``kernels``' fused Linear for ``m`` at its default launch, with PDL on or off."""
-    if m.precision == "int8":
-        return kernels.int8_linear(x, m.qweight, m.scale, gemv={"PDL": pdl})
-    return kernels.int4_linear(x, m.qweight, m.scale, m.zero, m.group_size, gemv={"PDL": pdl})
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--against", required=True, help="the commit whose kernels are the peer, or a copy of its triton_kernels.py")
@@ -63,11 +55,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
-    from kernel_sweep import layer, want
+    from kernel_sweep import call, layer, want
 
     cuda = torch.cuda.is_available()
     if cuda:
-        from export import pdl_capable, streamed_and_marginal_us, streamed_copies
+        from export import bf16_linear_calls, pdl_capable, streamed_and_marginal_us, streamed_copies
 
         print(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}; per call at n copies / per further call, us "
               f"(copies of the layer in one CUDA graph, L2 flushed), one column per repeat")
@@ -79,15 +71,14 @@ def main() -> None:
             x = torch.randn(1, K, device=device, dtype=torch.bfloat16)
             if cuda:
                 copies = streamed_copies(2 * N * K)
-                weights = [torch.randn(N, K, device=device, dtype=torch.bfloat16) for _ in range(3 * copies)]
-                bf16 = streamed_and_marginal_us([lambda w=w: torch.nn.functional.linear(x, w) for w in weights])
-                del weights
+                bf16 = streamed_and_marginal_us(bf16_linear_calls(x, torch.randn(N, K, device=device, dtype=torch.bfloat16), 3 * copies))
                 print(f"{N} x {K}, n = {copies}: bf16 torch {bf16[0]:.2f} / {bf16[1]:.2f}")
             for precision in args.precisions.split(","):
                 m = layer(precision, N, K, device, torch.bfloat16)
                 ref = want(m, x).float()
                 for name, module in kernels.items():
-                    print(f"  {precision} {name}: max abs error vs reference {(run(module, m, x, False).float() - ref).abs().max().item():.3g}")
+                    error = (call(m, x, {"PDL": False}, module).float() - ref).abs().max().item()
+                    print(f"  {precision} {name}: max abs error vs reference {error:.3g}")
                 if not cuda:
                     continue
                 layers = [copy.deepcopy(m) for _ in range(3 * copies)]
@@ -95,7 +86,7 @@ def main() -> None:
                 times: dict[tuple[str, bool], list[tuple[float, float]]] = {v: [] for v in variants}
                 for _ in range(args.repeats):
                     for name, pdl in variants:
-                        calls = [lambda q=q, name=name, pdl=pdl: run(kernels[name], q, x, pdl) for q in layers]
+                        calls = [lambda q=q, name=name, pdl=pdl: call(q, x, {"PDL": pdl}, kernels[name]) for q in layers]
                         times[name, pdl].append(streamed_and_marginal_us(calls))
                 for (name, pdl), runs in times.items():
                     per_call = " ".join(f"{t[0]:.2f}" for t in runs)

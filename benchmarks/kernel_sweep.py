@@ -23,6 +23,7 @@ import argparse
 import copy
 import itertools
 from collections.abc import Callable
+from types import ModuleType
 
 import torch
 
@@ -57,12 +58,13 @@ def layer(precision: str, N: int, K: int, device: str, dtype: torch.dtype) -> Qu
     return QuantizedLinear.from_linear(linear, precision, DEFAULT_GROUP_SIZE).to(dtype)
 
 
-def call(m: QuantizedLinear, x: torch.Tensor, gemv: dict[str, int] | None) -> torch.Tensor:
-    from embodyhub.export.kernels import triton_kernels as tk
-
+def call(m: QuantizedLinear, x: torch.Tensor, gemv: dict[str, int] | None, kernels: ModuleType | None = None) -> torch.Tensor:
+    """``m``'s fused Linear with the launch ``gemv``, from ``kernels`` (default: this tree's Triton kernels)."""
+    if kernels is None:
+        from embodyhub.export.kernels import triton_kernels as kernels
     if m.precision == "int8":
-        return tk.int8_linear(x, m.qweight, m.scale, gemv=gemv)
-    return tk.int4_linear(x, m.qweight, m.scale, m.zero, m.group_size, gemv=gemv)
+        return kernels.int8_linear(x, m.qweight, m.scale, gemv=gemv)
+    return kernels.int4_linear(x, m.qweight, m.scale, m.zero, m.group_size, gemv=gemv)
 
 
 def want(m: QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
@@ -141,7 +143,7 @@ def sweep(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from export import pdl_capable, streamed_copies, streamed_us
+    from export import bf16_linear_calls, pdl_capable, streamed_copies, streamed_us
 
     print(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}; GPU us per call (copies of the layer in one CUDA graph, L2 flushed)")
     for shape in args.shapes.split(","):
@@ -149,9 +151,7 @@ def sweep(args: argparse.Namespace) -> None:
         x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
         w16 = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
         copies = streamed_copies(w16.nbytes)
-        weights = [w16.clone() for _ in range(copies)]
-        bf16 = streamed_us([lambda w=w: torch.nn.functional.linear(x, w) for w in weights])
-        del weights
+        bf16 = streamed_us(bf16_linear_calls(x, w16, copies))
         for precision in ("int8", "int4"):
             m = layer(precision, N, K, "cuda", torch.bfloat16)
             layers = [copy.deepcopy(m) for _ in range(copies)]
