@@ -192,6 +192,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .embodiment import load_robot
     from .training import evaluate_reach
 
+    if args.env:
+        return _cmd_sim_eval(args)
     base = _model_dir(args.model)
     if args.transfer:
         return _cmd_transfer(args, base)
@@ -199,8 +201,48 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     processor = AutoProcessor.from_pretrained(base)
     names = args.robot or processor.embodiment_names
     robots = [processor.embodiments[n] if n in processor.embodiments else load_robot(n) for n in names]
-    results = evaluate_reach(model, processor, robots, args.episodes, args.max_steps, args.seed, goal_distance=args.goal_distance)
+    seed = 1234 if args.seed is None else args.seed
+    results = evaluate_reach(model, processor, robots, args.episodes, args.max_steps, seed, goal_distance=args.goal_distance)
     _report_eval(results, Path(args.out), "reach")
+    return 0
+
+
+def _cmd_sim_eval(args: argparse.Namespace) -> int:
+    """``eval --env``: closed-loop success on the manipulation benchmark (robosuite)."""
+    from pathlib import Path
+
+    from .envs.sim import EVAL_SEED_BASE, evaluate_expert, sim_robot, sim_task
+    from .envs.sim.report import plot_success
+
+    if args.policy != "expert":
+        raise EmbodyHubError("eval --env runs --policy expert for now; WAM policies on the simulator come with the v2 base")
+    if not args.robot:
+        raise EmbodyHubError("eval --env needs --robot (repeatable)")
+    tasks = [t.strip() for t in args.env.split(",")]
+    for name in tasks:
+        sim_task(name)
+    for name in args.robot:
+        sim_robot(name)
+    seed = EVAL_SEED_BASE if args.seed is None else args.seed
+    rows = [evaluate_expert(task, robot, args.episodes, seed, args.workers, control=args.control)
+            for robot in args.robot for task in tasks]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(rows, indent=2) + "\n")
+    png = plot_success(rows, out / "eval.png", f"expert success ({args.control} control, {args.episodes} episodes each)")
+    print(f"{'robot':<10} {'task':<6} {'success':>8} {'mean steps':>11} {'CPU-s/ep':>9}")
+    for r in rows:
+        print(f"{r['robot']:<10} {r['task']:<6} {r['success_rate']:>8.0%} {r['mean_steps']:>11.1f} {r['cpu_s_per_episode']:>9.2f}")
+    print(f"eval: {out / 'eval.json'} and {png}")
+    return 0
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from .envs.sim import collect
+
+    tasks = [t.strip() for t in args.env.split(",")]
+    out = collect(tasks, args.robot, args.episodes, args.out, workers=args.workers, gripper=args.gripper)
+    print(f"dataset: {out}")
     return 0
 
 
@@ -457,9 +499,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=50)
     p.add_argument("--max-steps", type=int, default=60)
     p.add_argument("--goal-distance", type=float, default=0.3, help="goal offset per joint from the start (rad or m)")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seed", type=int, help="first episode's seed (default: 1234 for reach, 1000000 on --env)")
+    p.add_argument("--env", help="manipulation benchmark task(s), comma-separated: lift, stack, can (robosuite)")
+    p.add_argument("--policy", default="expert", choices=["expert"], help="with --env: the policy to evaluate")
+    p.add_argument("--control", default="joint", choices=["joint", "osc"],
+                   help="with --env: joint targets through embodyhub's IK, or robosuite's OSC")
+    p.add_argument("--workers", type=int, default=1, help="with --env: simulator worker processes")
     p.add_argument("--out", default="embodyhub-eval")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("collect", help="scripted-expert demos on the manipulation benchmark as a LeRobot v3.0 dataset")
+    p.add_argument("--env", required=True, help="task(s), comma-separated: lift, stack, can")
+    p.add_argument("--robot", required=True, help="simulator arm: panda, iiwa, ur5e, kinova3, xarm7, jaco")
+    p.add_argument("--gripper", help="robosuite gripper (default: the arm's usual one)")
+    p.add_argument("--episodes", type=int, default=50, help="successful episodes per task")
+    p.add_argument("--workers", type=int, default=1, help="simulator worker processes")
+    p.add_argument("--out", required=True, help="dataset folder (resumes an interrupted run of the same robot)")
+    p.set_defaults(func=_cmd_collect)
 
     p = sub.add_parser("grpo", help="GRPO post-training on closed-loop reach (TRL), with periodic evaluation")
     p.add_argument("--model", help="folder (or Hub id) with the model and processor (default: the shipped tiny base)")

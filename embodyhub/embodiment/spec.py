@@ -96,6 +96,7 @@ class Embodiment:
 
         self.lower, self.upper, self.velocity_limit = robot.limits(names)
         self._joint_features: Tensor | None = None
+        self.mjcf: dict[str, str] | None = None  # {"sha256", "source"} when derived from an MJCF
 
     def _gripper_specs(self, grippers: Sequence[GripperSpec | str | dict | None]) -> list[GripperSpec]:
         if len(grippers) > len(self.arms):
@@ -138,6 +139,41 @@ class Embodiment:
         return cls(robot, arms, grippers, control_hz, name, action_representation)
 
     @classmethod
+    def from_mjcf(
+        cls,
+        mjcf: str | os.PathLike,
+        base_body: str,
+        ee_site: str,
+        gripper: str | None = None,
+        control_hz: float = 30.0,
+        name: str | None = None,
+        action_representation: ActionRepresentation = "absolute",
+        asset_root: str | os.PathLike | None = None,
+        label: str | None = None,
+        gripper_open_at: float | None = None,
+        gripper_range: tuple[float, float] | None = None,
+    ) -> "Embodiment":
+        """Derive an embodiment from an MJCF (a file, or XML text with ``asset_root``): one arm from
+        ``base_body`` to the end-effector site ``ee_site``, optionally one ``gripper`` joint whose open
+        side is the limit nearest ``gripper_open_at`` (default: the upper limit) and whose range is
+        ``gripper_range`` where the MJCF leaves it unlimited. Needs MuJoCo."""
+        from ..kinematics.mjcf import read_mjcf
+
+        ranges = {gripper: gripper_range} if gripper is not None and gripper_range is not None else None
+        read = read_mjcf(mjcf, base_body, [ee_site], asset_root=asset_root, name=name, label=label, ranges=ranges)
+        grippers: list[GripperSpec] = []
+        if gripper is not None:
+            joint = read.robot.joints.get(gripper)
+            if joint is None or joint.limit is None:
+                raise EmbodimentMismatchError(f"gripper joint '{gripper}' is not a bounded joint of the MJCF robot")
+            lo, hi = joint.limit.lower, joint.limit.upper
+            near_lower = gripper_open_at is not None and abs(gripper_open_at - lo) < abs(gripper_open_at - hi)
+            grippers.append(GripperSpec(gripper, 0, "lower" if near_lower else "upper"))
+        emb = cls(read.robot, [ArmSpec("arm0", base_body, ee_site)], grippers, control_hz, name, action_representation)
+        emb.mjcf = {"sha256": read.mjcf_sha256, "source": read.source}
+        return emb
+
+    @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike) -> "Embodiment":
         """Load from a folder holding ``embodiment.json`` + ``robot.urdf``, or a bundled robot by name."""
         path = Path(name_or_dir)
@@ -168,6 +204,7 @@ class Embodiment:
             name=card["name"],
             action_representation=card["action_representation"],
         )
+        emb.mjcf = card.get("mjcf")
         if emb.joint_names != card["joint_names"]:
             raise EmbodimentMismatchError(
                 f"card joint order {card['joint_names']} differs from the URDF-derived {emb.joint_names}"
@@ -206,6 +243,7 @@ class Embodiment:
             "name": self.name,
             "urdf_file": URDF_NAME,
             "urdf_sha256": self.urdf_sha256,
+            **({"mjcf": self.mjcf} if self.mjcf else {}),
             "urdf_robot_name": self.robot.name,
             "root_link": self.robot.root_link,
             "dof": self.dof,

@@ -1,0 +1,29 @@
+"""Manipulation with contact physics: robosuite (MuJoCo) tasks on several arms, driven through embodyhub.
+
+Needs the ``sim`` extra and robosuite itself (``pip install "embodyhub[sim]" && pip install --no-deps
+robosuite==1.5.2``: robosuite's ``mink`` pin would pull numpy below 2).
+"""
+
+from ._robosuite import SimulatorError, import_robosuite
+from .env import TASKS, SimEnv, keypoint_count, sim_task
+from .experts import Expert, Gains, run_expert_episode
+from .robots import SIM_ROBOTS, sim_embodiment, sim_robot
+from .rollout import EVAL_SEED_BASE, collect, evaluate_expert
+
+__all__ = [
+    "EVAL_SEED_BASE",
+    "Expert",
+    "Gains",
+    "SIM_ROBOTS",
+    "SimEnv",
+    "SimulatorError",
+    "TASKS",
+    "collect",
+    "evaluate_expert",
+    "import_robosuite",
+    "keypoint_count",
+    "run_expert_episode",
+    "sim_embodiment",
+    "sim_robot",
+    "sim_task",
+]

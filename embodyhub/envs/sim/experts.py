@@ -1,0 +1,178 @@
+"""Scripted experts for the manipulation tasks, acting through embodyhub's own IK.
+
+An expert is a list of phases (hover over an object, descend, close, lift, carry, release), each an
+end-effector target in the arm's base frame read from the observed keypoints. Every control step
+the commanded pose moves toward the phase target by at most ``max_speed / control_hz`` and adds a
+PI term on the measured end-effector position error (contact and payload pull the grip site off
+the joint-space target); the canonical command then goes through ``SimEnv.step_canonical``, i.e.
+the ``KinematicAdapter``'s IK in joint mode. The gripper yaw is turned onto the nearest face of a
+box-shaped object (modulo 90 degrees) from the orientation the arm starts in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .env import KEYPOINT_SCALE, SimEnv
+
+Target = Callable[["Expert"], np.ndarray]
+
+
+@dataclass
+class Gains:
+    """Per-robot expert gains (the PI term is gain-sensitive across arms)."""
+
+    kp: float = 0.6
+    ki: float = 0.05
+    max_speed: float = 0.25  # m/s of the commanded pose
+    reach_tol: float = 0.008  # m: a moving phase ends when the grip site is this close
+    close_steps: int = 12
+    release_steps: int = 8
+
+
+@dataclass
+class Phase:
+    name: str
+    target: Target  # -> position [3] in the base frame
+    opened: float  # 1 open, 0 closed
+    steps: int | None = None  # fixed duration; None: until the target is reached
+    yaw_of: str | None = None  # object whose yaw the gripper aligns to
+    tol: float | None = None  # reach tolerance (m) instead of Gains.reach_tol, for coarse moves
+
+
+def _object(obs_keypoints: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+    k = obs_keypoints.reshape(-1, 3)[4 * index: 4 * index + 4]
+    return k[0], (k[1:] - k[0]).T / KEYPOINT_SCALE  # centre, rotation (columns = object axes)
+
+
+@dataclass
+class Expert:
+    """Closed-loop scripted policy for one ``SimEnv`` episode; call ``act()`` once per control step."""
+
+    env: SimEnv
+    gains: Gains = field(default_factory=Gains)
+
+    def __post_init__(self) -> None:
+        self.phases = _PLANS[self.env.task_name](self)
+        self.reset()
+
+    def reset(self) -> None:
+        """Call after ``env.reset``: reads the start pose and restarts the plan."""
+        self.phase = 0
+        self.count = 0
+        self.R0 = self.env.ee_pose()[:3, :3]
+        self.command = self.env.ee_pose()[:3, 3].copy()
+        self.integral = np.zeros(3)
+        self.yaw = 0.0
+
+    # --------------------------------------------------------------- observations
+    def object(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Centre and rotation of object ``index`` of the task, from the keypoints."""
+        return _object(self.env.keypoints(), index)
+
+    def _grasp_yaw(self, index: int) -> float:
+        _, R = self.object(index)
+        ee_x = self.R0[:, 0]
+        delta = math.atan2(R[1, 0], R[0, 0]) - math.atan2(ee_x[1], ee_x[0])
+        return (delta + math.pi / 4) % (math.pi / 2) - math.pi / 4
+
+    @property
+    def done(self) -> bool:
+        return self.phase >= len(self.phases)
+
+    # --------------------------------------------------------------- acting
+    def act(self) -> np.ndarray:
+        """The next canonical command (end-effector pose + gripper); advances the phase machine."""
+        env, g = self.env, self.gains
+        phase = self.phases[min(self.phase, len(self.phases) - 1)]
+        if phase.yaw_of is not None and self.count == 0:
+            self.yaw = self._grasp_yaw(self.env.task.objects.index(phase.yaw_of))
+        target = phase.target(self)
+        step = g.max_speed / env.embodiment.control_hz
+        delta = target - self.command
+        self.command = self.command + delta * min(1.0, step / max(np.linalg.norm(delta), 1e-9))
+        actual = env.ee_pose()[:3, 3]
+        error = self.command - actual
+        self.integral = np.clip(self.integral + error, -0.05 / max(g.ki, 1e-9), 0.05 / max(g.ki, 1e-9))
+        position = self.command + g.kp * error + g.ki * self.integral
+        c, s = math.cos(self.yaw), math.sin(self.yaw)
+        Rz = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+        T = np.eye(4)
+        T[:3, :3] = Rz @ self.R0
+        T[:3, 3] = position
+        self.count += 1
+        reached = np.linalg.norm(target - actual) < (phase.tol or g.reach_tol) and np.allclose(self.command, target)
+        if (phase.steps is not None and self.count >= phase.steps) or (phase.steps is None and reached):
+            self.phase, self.count = self.phase + 1, 0
+        return env.canonical_command(T, phase.opened).numpy()
+
+
+def _above(index: int, height: float) -> Target:
+    return lambda e: e.object(index)[0] + np.array([0.0, 0.0, height])
+
+
+def _hold(e: Expert) -> np.ndarray:
+    return e.command.copy()
+
+
+def _pick(expert: Expert, obj: int, name: str, grasp_depth: float = 0.0) -> list[Phase]:
+    g = expert.gains
+    return [
+        Phase("hover", _above(obj, 0.10), 1.0, yaw_of=name),
+        Phase("descend", _above(obj, grasp_depth), 1.0),
+        Phase("close", _hold, 0.0, steps=g.close_steps),
+    ]
+
+
+def _lift_plan(e: Expert) -> list[Phase]:
+    lifted = {}
+
+    def up(ex: Expert) -> np.ndarray:
+        lifted.setdefault("z", ex.command.copy() + np.array([0.0, 0.0, 0.15]))
+        return lifted["z"]
+
+    return _pick(e, 0, "cube") + [Phase("lift", up, 0.0), Phase("hold", _hold, 0.0, steps=10)]
+
+
+def _stack_plan(e: Expert) -> list[Phase]:
+    # cubeA (the red cube, object 0) goes onto cubeB (object 1); their centres sit 4-5 cm apart when stacked.
+    return _pick(e, 0, "cubeA") + [
+        Phase("lift", _above(1, 0.12), 0.0),
+        Phase("place", _above(1, 0.05), 0.0),
+        Phase("release", _hold, 1.0, steps=e.gains.release_steps),
+        Phase("retreat", _above(1, 0.15), 1.0),
+    ]
+
+
+def _can_plan(e: Expert) -> list[Phase]:
+    return _pick(e, 0, "Can", grasp_depth=0.01) + [
+        Phase("lift", lambda ex: ex.object(0)[0] * np.array([1, 1, 0]) + np.array([0, 0, ex.object(1)[0][2] + 0.25]), 0.0),
+        Phase("carry", _above(1, 0.22), 0.0, tol=0.04),  # the bin compartment is about 20 x 13 cm
+        Phase("lower", _above(1, 0.12), 0.0, tol=0.04),
+        Phase("release", _hold, 1.0, steps=e.gains.release_steps),
+        Phase("retreat", _above(1, 0.25), 1.0),
+    ]
+
+
+_PLANS: dict[str, Callable[[Expert], list[Phase]]] = {"lift": _lift_plan, "stack": _stack_plan, "can": _can_plan}
+
+
+def run_expert_episode(env: SimEnv, seed: int, gains: Gains | None = None) -> dict[str, object]:
+    """One expert episode: per step observation, native action; success and step count."""
+    obs = env.reset(seed)
+    expert = Expert(env, gains or Gains())
+    frames: list[dict[str, np.ndarray]] = []
+    success = False
+    for _ in range(env.horizon):
+        x = expert.act()
+        next_obs, action = env.step_canonical(x)
+        frames.append({**obs, "action": action.astype(np.float32)})
+        obs = next_obs
+        if env.success():
+            success = True
+            break
+    return {"frames": frames, "success": success, "steps": len(frames)}

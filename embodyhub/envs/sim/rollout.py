@@ -1,0 +1,188 @@
+"""Collection and closed-loop evaluation on the manipulation benchmark, in worker processes.
+
+Seeds: collection attempt ``i`` of a task places the objects with seed ``i`` (0, 1, 2, ...), and
+evaluation episode ``i`` uses ``EVAL_SEED_BASE + i``, so evaluation episodes never replay a
+collected scene. ``collect`` keeps successful expert episodes only, stages each attempt in
+``OUT/.staging/`` as it finishes (a killed run resumes where it stopped) and writes the LeRobot
+v3.0 dataset once every task has its episodes; a folder staged or written for another robot,
+gripper or camera is refused before any work starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from ...errors import DatasetError
+
+EVAL_SEED_BASE = 1_000_000
+_STAGING = ".staging"
+_MAX_ATTEMPTS_PER_EPISODE = 3  # collection gives up when the expert fails this often
+
+_worker_envs: dict[tuple, Any] = {}
+
+
+def _env(task: str, robot: str, gripper: str | None, camera: str | None, image_size: int, control: str) -> Any:
+    """This process's ``SimEnv`` for the arguments (made once per process and reused)."""
+    from .env import SimEnv
+
+    key = (task, robot, gripper, camera, image_size, control)
+    if key not in _worker_envs:
+        _worker_envs[key] = SimEnv(task, robot, gripper=gripper, camera=camera, image_size=image_size, control=control)  # type: ignore[arg-type]
+    return _worker_envs[key]
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _expert_job(args: tuple) -> tuple[int, dict[str, Any]]:
+    from .experts import run_expert_episode
+
+    task, robot, gripper, camera, image_size, control, seed = args
+    env = _env(task, robot, gripper, camera, image_size, control)
+    start = time.process_time()
+    out = run_expert_episode(env, seed)
+    out["cpu_s"] = time.process_time() - start
+    return seed, out
+
+
+def _run(jobs: Sequence[tuple], workers: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Expert episodes for ``jobs`` in this process (``workers <= 1``) or a spawned pool, as they finish."""
+    if workers <= 1:
+        _init_worker()
+        yield from map(_expert_job, jobs)
+        return
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
+        yield from pool.map(_expert_job, jobs)
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="ep", disable=not enabled)
+
+
+def _check_staging(out: Path, config: dict[str, Any]) -> Path:
+    staging = out / _STAGING
+    info = out / "meta" / "info.json"
+    recorded = None
+    if (staging / "config.json").is_file():
+        recorded = json.loads((staging / "config.json").read_text())
+    elif info.is_file():
+        recorded = (json.loads(info.read_text()).get("embodyhub") or {}).get("collection")
+    for key in ("robot", "gripper"):
+        if recorded is not None and recorded.get(key) != config[key]:
+            raise DatasetError(
+                f"{out} holds a dataset of {key}={recorded.get(key)!r}; this run asks for {key}={config[key]!r}: "
+                "one robot per dataset, pick another --out"
+            )
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return staging
+
+
+def collect(
+    tasks: Sequence[str],
+    robot: str,
+    episodes: int,
+    out: str | os.PathLike,
+    workers: int = 1,
+    gripper: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Collect ``episodes`` successful expert demos per task on ``robot`` as a LeRobot v3.0 dataset at ``out``
+    (proprioception, keypoints, actions, task strings; camera frames are not written yet)."""
+    from ...data.lerobot import EMBODIMENT_DIR, write_dataset
+    from .env import sim_task
+    from .robots import sim_embodiment
+
+    for task in tasks:
+        sim_task(task)
+    if episodes * _MAX_ATTEMPTS_PER_EPISODE > EVAL_SEED_BASE:
+        raise DatasetError(f"{episodes} episodes per task could reach the evaluation seeds (from {EVAL_SEED_BASE}); collect fewer")
+    emb = sim_embodiment(robot, gripper)
+    out = Path(out)
+    config = {"robot": emb.name, "gripper": gripper, "tasks": sorted(t.lower() for t in tasks), "episodes_per_task": episodes}
+    staging = _check_staging(out, config)
+    done: dict[str, list[Path]] = {}
+    for task in tasks:
+        task = task.lower()
+        kept = sorted(staging.glob(f"{task}-*.npz"))
+        tried = {int(p.stem.split("-")[1]) for p in staging.glob(f"{task}-*.*") if p.suffix in (".npz", ".fail")}
+        seed, limit = 0, episodes * _MAX_ATTEMPTS_PER_EPISODE
+        bar = _progress(episodes, f"collect {task}/{emb.name}", progress)
+        bar.update(min(len(kept), episodes))
+        while len(kept) < episodes:
+            need = episodes - len(kept)
+            seeds = []
+            while len(seeds) < need and seed < limit:
+                if seed not in tried:
+                    seeds.append(seed)
+                seed += 1
+            if not seeds:
+                raise DatasetError(f"{task}/{emb.name}: the expert succeeded in only {len(kept)} of {limit} attempts")
+            jobs = [(task, robot, gripper, None, 84, "joint", s) for s in seeds]
+            for s, result in _run(jobs, min(workers, len(jobs))):
+                tried.add(s)
+                if not result["success"]:
+                    (staging / f"{task}-{s:07d}.fail").touch()
+                    continue
+                frames = result["frames"]
+                arrays = {k: np.stack([f[k] for f in frames]) for k in frames[0]}
+                path = staging / f"{task}-{s:07d}.npz"
+                np.savez(path.with_suffix(".tmp.npz"), **arrays)
+                os.replace(path.with_suffix(".tmp.npz"), path)
+                kept.append(path)
+                bar.update(1)
+        bar.close()
+        done[task] = sorted(kept)[:episodes]
+    episodes_data = []
+    for task, paths in done.items():
+        for path in paths:
+            with np.load(path) as data:
+                episodes_data.append({**{k: data[k] for k in data.files}, "task": sim_task(task).description})
+    extra = {"embodyhub": {"embodiment": emb.to_card(), "collection": config,
+                           "observation.environment_state": "per object: centre then 3 points 5 cm along its x, y, z "
+                                                            "axes (m), in the arm's base frame"}}
+    write_dataset(out, episodes_data, emb.control_hz, emb.name, None, extra, overwrite=True)
+    emb.save_pretrained(out / EMBODIMENT_DIR)
+    return out
+
+
+def evaluate_expert(
+    task: str,
+    robot: str,
+    episodes: int = 50,
+    seed: int = EVAL_SEED_BASE,
+    workers: int = 1,
+    gripper: str | None = None,
+    control: str = "joint",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Closed-loop success of the scripted expert on evaluation seeds ``seed .. seed + episodes - 1``."""
+    jobs = [(task.lower(), robot, gripper, None, 84, control, seed + i) for i in range(episodes)]
+    results: dict[int, dict[str, Any]] = {}
+    bar = _progress(episodes, f"eval {task}/{robot} ({control})", progress)
+    for s, out in _run(jobs, min(workers, episodes)):
+        results[s] = {"success": bool(out["success"]), "steps": int(out["steps"]), "cpu_s": float(out["cpu_s"])}
+        bar.update(1)
+    bar.close()
+    ordered = [results[s] for s in sorted(results)]
+    return {
+        "task": task.lower(), "robot": robot.lower(), "control": control, "policy": "expert",
+        "episodes": episodes, "seeds": [seed, seed + episodes - 1],
+        "success_rate": sum(r["success"] for r in ordered) / episodes,
+        "mean_steps": float(np.mean([r["steps"] for r in ordered])),
+        "cpu_s_per_episode": float(np.mean([r["cpu_s"] for r in ordered])),
+        "per_episode": [r["success"] for r in ordered],
+    }

@@ -1,0 +1,230 @@
+"""The manipulation benchmark: MJCF embodiments, robosuite tasks driven through our IK, collection, eval."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("robosuite", reason="robosuite (sim extra) not installed")
+mujoco = pytest.importorskip("mujoco")
+
+from embodyhub.embodiment import Embodiment  # noqa: E402
+from embodyhub.errors import DatasetError, EmbodimentMismatchError  # noqa: E402
+from embodyhub.kinematics.mjcf import MJCFError, read_mjcf  # noqa: E402
+
+SIM_ROBOT_NAMES = ["panda", "iiwa", "ur5e", "kinova3", "xarm7", "jaco"]
+
+
+def _site_pose_in_base(model, data, base: str, site: str) -> tuple[np.ndarray, np.ndarray]:
+    b = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, base)
+    s = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, site)
+    Rb = data.xmat[b].reshape(3, 3)
+    return Rb.T @ (data.site_xpos[s] - data.xpos[b]), Rb.T @ data.site_xmat[s].reshape(3, 3)
+
+
+@pytest.mark.parametrize("name", SIM_ROBOT_NAMES)
+def test_sim_embodiment_fk_matches_mujoco_site(name: str) -> None:
+    from embodyhub.envs.sim.robots import BASE_BODY, EE_SITE, robosuite_robot, sim_embodiment
+
+    emb = sim_embodiment(name)
+    robot, _ = robosuite_robot(name)
+    model = mujoco.MjModel.from_xml_string(robot.robot_model.get_xml())
+    data = mujoco.MjData(model)
+    chain = emb.chains[0]
+    q = emb.sample(20, torch.Generator().manual_seed(3))[:, emb.arm_indices[0]]
+    T = chain.forward_kinematics(q).numpy()
+    for i in range(len(q)):
+        for k, joint in enumerate(chain.joint_names):
+            data.qpos[model.joint(joint).qposadr[0]] = float(q[i, k])
+        mujoco.mj_kinematics(model, data)
+        p, R = _site_pose_in_base(model, data, BASE_BODY, EE_SITE)
+        assert np.abs(p - T[i, :3, 3]).max() <= 1e-6
+        assert np.linalg.norm(R.T @ T[i, :3, :3] - np.eye(3)) <= 1e-6  # ~ rotation angle, without arccos's floor
+
+
+def test_sim_embodiment_card_records_mjcf_and_round_trips(tmp_path) -> None:
+    from embodyhub.envs.sim import sim_embodiment
+
+    emb = sim_embodiment("xarm7")
+    card = emb.to_card()
+    assert len(card["mjcf"]["sha256"]) == 64 and "XArm7" in card["mjcf"]["source"]
+    assert card["grippers"] == [{"joint": "gripper0_right_left_driver_joint", "arm": 0, "open": "lower"}]
+    back = Embodiment.from_pretrained(emb.save_pretrained(tmp_path / "xarm7"))
+    assert back.mjcf == emb.mjcf and back.joint_names == emb.joint_names
+    q = emb.sample(4, torch.Generator().manual_seed(0))
+    assert torch.allclose(back.chains[0].forward_kinematics(q[:, :7]), emb.chains[0].forward_kinematics(q[:, :7]))
+
+
+_ARM = """
+<mujoco model="two_link">
+  <compiler angle="degree"/>
+  {extra}
+  <worldbody>
+    <body name="base" pos="0 0 0.5">
+      <body name="upper" pos="0 0 0.1" euler="0 0 30">
+        <joint name="shoulder" type="hinge" axis="0 1 0" range="-90 90" pos="0 0 0.02"/>
+        <geom type="capsule" fromto="0 0 0 0.3 0 0" size="0.03"/>
+        <body name="lower" pos="0.3 0 0">
+          <joint name="elbow" type="hinge" axis="0 0 1"/>
+          <geom type="capsule" fromto="0 0 0 0.25 0 0" size="0.03"/>
+          <site name="tip" pos="0.25 0 0" quat="0.9238795 0 0.3826834 0"/>
+        </body>
+      </body>
+    </body>
+  </worldbody>
+</mujoco>
+"""
+
+
+def test_from_mjcf_file_matches_mujoco_with_degrees_anchors_and_continuous_joints(tmp_path) -> None:
+    path = tmp_path / "arm.xml"
+    path.write_text(_ARM.format(extra=""))
+    emb = Embodiment.from_mjcf(path, "base", "tip", control_hz=50)
+    assert emb.joint_names == ["shoulder", "elbow"]
+    assert emb.robot.joints["elbow"].type == "continuous" and abs(emb.upper[0] - np.pi / 2) < 1e-12
+    model = mujoco.MjModel.from_xml_path(str(path))
+    data = mujoco.MjData(model)
+    q = torch.tensor([[0.4, -1.2], [-1.0, 2.5], [1.5, 0.1]], dtype=torch.float64)
+    T = emb.chains[0].forward_kinematics(q).numpy()
+    for i in range(3):
+        data.qpos[:] = q[i].numpy()
+        mujoco.mj_kinematics(model, data)
+        p, R = _site_pose_in_base(model, data, "base", "tip")
+        assert np.abs(p - T[i, :3, 3]).max() <= 1e-9 and np.abs(R - T[i, :3, :3]).max() <= 1e-9
+    assert emb.to_card()["mjcf"]["sha256"] == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        '<include file="../outside.xml"/>',
+        '<asset><mesh name="m" file="/etc/hostname"/></asset>',
+        '<compiler meshdir="../../"/>',
+        '<asset><texture name="t" type="skybox" fileup="../sky.png"/></asset>',
+    ],
+)
+def test_from_mjcf_refuses_files_outside_its_folder(tmp_path, extra: str) -> None:
+    (tmp_path / "outside.xml").write_text("<mujoco/>")
+    folder = tmp_path / "robot"
+    folder.mkdir()
+    (folder / "arm.xml").write_text(_ARM.format(extra=extra))
+    with pytest.raises(MJCFError, match="outside its folder"):
+        read_mjcf(folder / "arm.xml", "base", ["tip"])
+
+
+def test_from_mjcf_refuses_doctype_unknown_names_and_ball_joints(tmp_path) -> None:
+    with pytest.raises(MJCFError, match="DOCTYPE"):
+        read_mjcf('<!DOCTYPE x [<!ENTITY a "b">]><mujoco/>', "base", asset_root=tmp_path)
+    with pytest.raises(MJCFError, match="no body 'nope'"):
+        read_mjcf(_ARM.format(extra=""), "nope", asset_root=tmp_path)
+    with pytest.raises(MJCFError, match="no site 'nope'"):
+        read_mjcf(_ARM.format(extra=""), "base", ["nope"], asset_root=tmp_path)
+    ball = _ARM.format(extra="").replace('name="elbow" type="hinge" axis="0 0 1"', 'name="elbow" type="ball"')
+    with pytest.raises(MJCFError, match="ball or free"):
+        read_mjcf(ball, "base", ["tip"], asset_root=tmp_path)
+
+
+def test_unknown_robot_task_and_gripper_list_the_valid_ones() -> None:
+    from embodyhub.envs.sim import SimEnv, sim_embodiment
+
+    with pytest.raises(EmbodimentMismatchError, match="panda, iiwa"):
+        sim_embodiment("sawyer2")
+    with pytest.raises(EmbodimentMismatchError, match="lift, stack, can"):
+        SimEnv("door2", "panda")
+    with pytest.raises(EmbodimentMismatchError, match="Robotiq85Gripper"):
+        sim_embodiment("panda", "NoSuchGripper")
+
+
+def test_observation_is_lerobot_shaped_and_keypoints_are_in_the_base_frame() -> None:
+    from embodyhub.envs.sim import SimEnv
+
+    env = SimEnv("stack", "ur5e")
+    obs = env.reset(7)
+    assert obs["observation.state"].shape == (env.embodiment.dof,) and obs["observation.state"].dtype == np.float32
+    kp = obs["observation.environment_state"].reshape(-1, 3)
+    assert kp.shape == (8, 3)
+    # the red cube's centre, from robosuite's own world-frame observation, moved into the base frame
+    R_b, p_b = env._base_pose()
+    assert np.allclose(kp[0], (env._obs["cubeA_pos"] - p_b) @ R_b, atol=1e-5)
+    assert np.allclose(np.linalg.norm(kp[1:4] - kp[0], axis=1), 0.05, atol=1e-5)
+    again = env.reset(7)["observation.environment_state"]
+    other = env.reset(8)["observation.environment_state"]
+    assert np.array_equal(again, obs["observation.environment_state"]) and not np.array_equal(other, again)
+
+
+def test_joint_targets_through_ik_move_the_grip_site_where_commanded() -> None:
+    from embodyhub.envs.sim import SimEnv
+
+    env = SimEnv("lift", "kinova3")
+    env.reset(0)
+    T = env.ee_pose()
+    T[:3, 3] += [0.05, -0.04, 0.06]
+    x = env.canonical_command(T, 1.0)
+    for _ in range(40):
+        env.step_canonical(x)
+    assert np.linalg.norm(env.ee_pose()[:3, 3] - T[:3, 3]) < 0.005
+
+
+@pytest.mark.parametrize("robot", ["panda", "jaco"])
+def test_lift_expert_succeeds_through_our_ik(robot: str) -> None:
+    from embodyhub.envs.sim import SimEnv, run_expert_episode
+
+    env = SimEnv("lift", robot)
+    results = [run_expert_episode(env, seed) for seed in (11, 12)]
+    assert all(r["success"] for r in results), [r["steps"] for r in results]
+    frame = results[0]["frames"][0]
+    assert frame["action"].shape == (env.embodiment.dof,)
+
+
+def test_collect_writes_a_dataset_that_loads_resumes_and_refuses_another_robot(tmp_path) -> None:
+    from embodyhub.data import load_dataset
+    from embodyhub.envs.sim import collect
+
+    out = collect(["lift"], "panda", 2, tmp_path / "ds", progress=False)
+    ds = load_dataset(out)
+    assert ds.num_episodes == 2 and ds.info["robot_type"] == "panda" and ds.fps == 20
+    ep = ds.episode(0)
+    assert ep["task"] == "lift the cube"
+    assert ep["observation.environment_state"].shape[1] == 12 and ep["action"].shape[1] == 8
+    assert ds.load_embodiment().mjcf == ds.embodiment_card["mjcf"]
+    staged = sorted((out / ".staging").glob("lift-*.npz"))
+    assert len(staged) == 2
+    again = collect(["lift"], "panda", 2, out, progress=False)  # resumes: nothing re-simulated
+    assert sorted((again / ".staging").glob("lift-*.npz")) == staged
+    with pytest.raises(DatasetError, match="robot='panda'.*one robot per dataset"):
+        collect(["lift"], "iiwa", 1, out, progress=False)
+
+
+def test_eval_cli_same_seed_same_result_and_seeds_disjoint_from_collection(tmp_path) -> None:
+    from embodyhub.cli import main
+    from embodyhub.envs.sim import EVAL_SEED_BASE
+
+    runs = []
+    for k in range(2):
+        out = tmp_path / f"e{k}"
+        assert main(["eval", "--env", "lift", "--robot", "iiwa", "--episodes", "2", "--out", str(out)]) == 0
+        rows = json.loads((out / "eval.json").read_text())
+        runs.append([(r["per_episode"], r["mean_steps"], r["seeds"]) for r in rows])
+        assert (out / "eval.png").is_file()
+    assert runs[0] == runs[1] and runs[0][0][0] == [True, True]
+    assert runs[0][0][2] == [EVAL_SEED_BASE, EVAL_SEED_BASE + 1]
+
+
+def test_collection_never_reaches_evaluation_seeds(tmp_path) -> None:
+    from embodyhub.envs.sim import EVAL_SEED_BASE, collect
+
+    with pytest.raises(DatasetError, match="evaluation seeds"):
+        collect(["lift"], "panda", EVAL_SEED_BASE // 2, tmp_path / "big", progress=False)
+
+
+def test_cli_errors_name_the_valid_envs_and_robots(capsys) -> None:
+    from embodyhub.cli import main
+
+    assert main(["collect", "--env", "door2", "--robot", "panda", "--out", "x"]) != 0
+    assert "lift, stack, can" in capsys.readouterr().err
+    assert main(["eval", "--env", "lift", "--robot", "baxter2"]) != 0
+    assert "panda, iiwa" in capsys.readouterr().err
+
