@@ -41,7 +41,7 @@ class Phase:
     opened: float  # 1 open, 0 closed
     steps: int | None = None  # fixed duration; None: until the target is reached
     yaw_of: str | None = None  # object whose yaw the gripper aligns to
-    tol: float | None = None  # reach tolerance (m) instead of Gains.reach_tol, for coarse moves
+    tol: float | None = None  # coarse move: this reach tolerance (m), and done once the arm stalls at its reach
 
 
 def _object(obs_keypoints: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -68,6 +68,8 @@ class Expert:
         self.command = self.env.ee_pose()[:3, 3].copy()
         self.integral = np.zeros(3)
         self.yaw = 0.0
+        self.previous = self.command.copy()
+        self.stalled = 0
 
     # --------------------------------------------------------------- observations
     def object(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +107,11 @@ class Expert:
         T[:3, :3] = Rz @ self.R0
         T[:3, 3] = position
         self.count += 1
-        reached = np.linalg.norm(target - actual) < (phase.tol or g.reach_tol) and np.allclose(self.command, target)
+        at_target = np.allclose(self.command, target)
+        self.stalled = self.stalled + 1 if at_target and np.linalg.norm(actual - self.previous) < 5e-4 else 0
+        self.previous = actual
+        reached = at_target and (np.linalg.norm(target - actual) < (phase.tol or g.reach_tol)
+                                 or (phase.tol is not None and self.stalled >= 10))
         if (phase.steps is not None and self.count >= phase.steps) or (phase.steps is None and reached):
             self.phase, self.count = self.phase + 1, 0
         return env.canonical_command(T, phase.opened).numpy()

@@ -1,0 +1,113 @@
+"""Manipulation benchmark tables: FK of the simulator's arms vs MuJoCo, expert success, throughput.
+
+    python benchmarks/sim.py                       # all three tables, 50 evaluation episodes per cell
+    python benchmarks/sim.py --episodes 10 --tasks lift --robots panda,jaco --skip osc
+
+1. FK check: every sim-derived embodiment's FK against MuJoCo's own grip-site pose, 100 random
+   configurations per arm (max position error in m, max rotation error in rad).
+2. Scripted experts in joint-position mode through embodyhub's IK, and the same expert through
+   robosuite's OSC_POSE (the peer): success over evaluation seeds, mean steps, CPU-s per episode.
+3. Throughput, side by side in one run: env-only steps per CPU-second (holding the joint target)
+   and closed-loop steps per CPU-second (expert + IK + env).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+
+def fk_table(robots: list[str]) -> None:
+    import mujoco
+
+    from embodyhub.envs.sim.robots import BASE_BODY, EE_SITE, robosuite_robot, sim_embodiment
+
+    print("\n## FK of the sim-derived embodiments vs MuJoCo's grip site (100 random configurations)\n")
+    print(f"| {'robot':<8} | {'dof':>3} | {'max pos err (m)':>15} | {'max rot err (rad)':>17} |")
+    print(f"|{'-' * 10}|{'-' * 5}|{'-' * 17}|{'-' * 19}|")
+    for name in robots:
+        emb = sim_embodiment(name)
+        robot, _ = robosuite_robot(name)
+        model = mujoco.MjModel.from_xml_string(robot.robot_model.get_xml())
+        data = mujoco.MjData(model)
+        chain = emb.chains[0]
+        q = emb.sample(100, torch.Generator().manual_seed(0))[:, emb.arm_indices[0]]
+        T = chain.forward_kinematics(q).numpy()
+        b, s = model.body(BASE_BODY).id, model.site(EE_SITE).id
+        pos = rot = 0.0
+        for i in range(len(q)):
+            for k, joint in enumerate(chain.joint_names):
+                data.qpos[model.joint(joint).qposadr[0]] = float(q[i, k])
+            mujoco.mj_kinematics(model, data)
+            Rb = data.xmat[b].reshape(3, 3)
+            p = Rb.T @ (data.site_xpos[s] - data.xpos[b])
+            R = Rb.T @ data.site_xmat[s].reshape(3, 3)
+            pos = max(pos, float(np.abs(p - T[i, :3, 3]).max()))
+            rot = max(rot, float(np.linalg.norm(R.T @ T[i, :3, :3] - np.eye(3)) / np.sqrt(2)))
+        print(f"| {name:<8} | {chain.dof:>3} | {pos:>15.1e} | {rot:>17.1e} |")
+
+
+def expert_table(robots: list[str], tasks: list[str], episodes: int, controls: list[str], workers: int) -> None:
+    from embodyhub.envs.sim import evaluate_expert
+
+    print(f"\n## Scripted experts, {episodes} evaluation episodes per cell (seeds from 1000000)\n")
+    print(f"| {'robot':<8} | {'task':<5} | {'control':<7} | {'success':>7} | {'mean steps':>10} | {'CPU-s/episode':>13} |")
+    print(f"|{'-' * 10}|{'-' * 7}|{'-' * 9}|{'-' * 9}|{'-' * 12}|{'-' * 15}|")
+    for robot in robots:
+        for task in tasks:
+            for control in controls:
+                r = evaluate_expert(task, robot, episodes, workers=workers, control=control, progress=False)
+                print(f"| {robot:<8} | {task:<5} | {control:<7} | {r['success_rate']:>7.0%} | {r['mean_steps']:>10.1f} | "
+                      f"{r['cpu_s_per_episode']:>13.2f} |", flush=True)
+
+
+def throughput_table(robots: list[str], steps: int) -> None:
+    from embodyhub.envs.sim import Expert, SimEnv
+
+    print(f"\n## Throughput on Lift, {steps} steps each, one process\n")
+    print(f"| {'robot':<8} | {'env-only steps/CPU-s':>20} | {'closed-loop steps/CPU-s':>23} | {'ratio':>5} |")
+    print(f"|{'-' * 10}|{'-' * 22}|{'-' * 25}|{'-' * 7}|")
+    for name in robots:
+        env = SimEnv("lift", name)
+        env.reset(2_000_000)
+        q = env.joint_state()
+        start = time.process_time()
+        for _ in range(steps):
+            env.step(q)
+        env_only = steps / (time.process_time() - start)
+        done = 0
+        start = time.process_time()
+        while done < steps:
+            env.reset(2_000_000 + done)
+            expert = Expert(env)
+            for _ in range(min(60, steps - done)):
+                env.step_canonical(expert.act())
+                done += 1
+        closed = steps / (time.process_time() - start)
+        print(f"| {name:<8} | {env_only:>20.0f} | {closed:>23.0f} | {closed / env_only:>5.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--robots", default="panda,iiwa,ur5e,kinova3,xarm7,jaco")
+    parser.add_argument("--tasks", default="lift,stack,can")
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=600, help="throughput steps per robot")
+    parser.add_argument("--skip", action="append", default=[], help="fk, expert, osc or throughput (repeatable)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    robots, tasks = args.robots.split(","), args.tasks.split(",")
+    if "fk" not in args.skip:
+        fk_table(robots)
+    if "expert" not in args.skip:
+        expert_table(robots, tasks, args.episodes, ["joint"] + ([] if "osc" in args.skip else ["osc"]), args.workers)
+    if "throughput" not in args.skip:
+        throughput_table(robots, args.steps)
+
+
+if __name__ == "__main__":
+    main()
