@@ -123,10 +123,11 @@ class WamProcessor(ProcessorMixin):
         state = observation.get("state", observation.get("observation.state"))
         if state is None:
             raise InvalidActionError("observation needs 'state' (native joint positions [B, dof])")
-        q = emb.check_q(torch.as_tensor(state, dtype=torch.float64), "observation state")
+        q = _float32_range(emb.check_q(torch.as_tensor(state, dtype=torch.float64), "observation state"), "observation state")
         q = q[None] if q.dim() == 1 else q
         B = q.shape[0]
         x, mask = adapter.to_canonical(q)
+        _float32_range(x, "the canonical state of the observation")
         goal, goal_mask = self._goal(observation, emb, x)
         dims, steps = self.schedule(emb)
         features: dict[str, Any] = {
@@ -153,7 +154,7 @@ class WamProcessor(ProcessorMixin):
         goal = observation.get("goal", observation.get("observation.goal"))
         if goal is None:
             raise InvalidActionError("observation needs 'goal' (target end-effector pose per arm)")
-        goal = torch.as_tensor(goal, dtype=torch.float64)
+        goal = _float32_range(torch.as_tensor(goal, dtype=torch.float64), "goal")
         B, n = state.shape[0], len(emb.arms)
         if goal.shape[-2:] == (4, 4):
             goal = goal.reshape(-1, n, 4, 4) if goal.dim() > 2 else goal.reshape(1, 1, 4, 4)
@@ -163,11 +164,9 @@ class WamProcessor(ProcessorMixin):
             raise InvalidActionError(
                 f"goal has shape {tuple(goal.shape)}; expected [{B}, {n}, 4, 4] poses or [{B}, {n * 9}] vectors"
             )
-        if not torch.isfinite(goal).all():
-            raise InvalidActionError("goal contains NaN or infinite values")
         per_arm = goal.reshape(B, n, 9)
         ee = torch.stack([state[:, self.space[f"arm{i}.ee_pos"].start : self.space[f"arm{i}.ee_rot6d"].stop] for i in range(n)], 1)
-        per_arm = torch.cat([per_arm, (per_arm - ee) * _RELATIVE_GOAL_SCALE], -1)
+        per_arm = _float32_range(torch.cat([per_arm, (per_arm - ee) * _RELATIVE_GOAL_SCALE], -1), "the goal features")
         padded = torch.zeros(B, self.max_arms, GOAL_PER_ARM, dtype=torch.float32)
         padded[:, :n] = per_arm.float()
         goal_mask = torch.zeros(B, self.max_arms, dtype=torch.bool)
@@ -266,6 +265,16 @@ class WamProcessor(ProcessorMixin):
             emb = Embodiment.from_card(json.loads(Path(card).read_text()), Path(urdf).read_text())
             processor.embodiments[name] = emb
         return processor
+
+
+def _float32_range(values: Tensor, what: str) -> Tensor:
+    """``values`` if finite and within float32's range (the model and the exported graph compute in float32:
+    a larger value becomes inf there, then NaN logits); else ``InvalidActionError``."""
+    if not torch.isfinite(values).all():
+        raise InvalidActionError(f"{what} contains NaN or infinite values")
+    if values.numel() and float(values.abs().max()) > torch.finfo(torch.float32).max:
+        raise InvalidActionError(f"{what} holds values beyond float32's range (±{torch.finfo(torch.float32).max:.3g})")
+    return values
 
 
 class ActionDecoder:
