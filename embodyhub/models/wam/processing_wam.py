@@ -20,7 +20,7 @@ from transformers import BatchFeature, ProcessorMixin
 from transformers.utils import cached_file
 
 from ...embodiment import CanonicalActionSpace, Embodiment, KinematicAdapter
-from ...embodiment.spec import CARD_NAME, URDF_NAME
+from ...embodiment.spec import CARD_NAME, URDF_NAME, plain_name
 from ...errors import EmbodimentMismatchError, InvalidActionError
 from ...kinematics.rotations import matrix_to_rotation_6d
 from .action_tokenizer import BinningActionTokenizer, canonical_ranges
@@ -69,6 +69,7 @@ class WamProcessor(ProcessorMixin):
     # ------------------------------------------------------------------ embodiments
     def add_embodiment(self, embodiment: Embodiment) -> None:
         """Register a robot the model is trained on (saved with the processor)."""
+        plain_name(embodiment.name, "embodiment name")  # it names the card's folder when saved
         self.adapter(embodiment)  # validates it fits the canonical space
         self.embodiments[embodiment.name] = embodiment
         if embodiment.name not in self.embodiment_names:
@@ -258,6 +259,7 @@ class WamProcessor(ProcessorMixin):
         processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         hub = {k: v for k, v in kwargs.items() if k in _HUB_KWARGS}
         for name in processor.embodiment_names:
+            plain_name(name, "processor_config.json embodiment name")
             card = cached_file(pretrained_model_name_or_path, f"{EMBODIMENTS_DIR}/{name}/{CARD_NAME}", **hub)
             urdf = cached_file(pretrained_model_name_or_path, f"{EMBODIMENTS_DIR}/{name}/{URDF_NAME}", **hub)
             if card is None or urdf is None:
