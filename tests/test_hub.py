@@ -282,6 +282,38 @@ def test_interrupted_commit_keeps_previous_commit_and_retry_succeeds(hub, tmp_pa
     assert digest_tree(tmp_path / "v2") == before
 
 
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_local_hub_refuses_a_truncated_commit_body(hub, framing):
+    """The server committed what arrived of a commit body cut short by a dropped client (HEAD moved after 2
+    of 5 lines); a body shorter than announced, or a chunked body without its last chunk, now commits nothing."""
+    import base64
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi(endpoint=hub.url)
+    api.create_repo("org/truncated", exist_ok=True)
+    api.create_commit("org/truncated", [CommitOperationAdd("a.txt", b"first")], commit_message="first")
+    head = hub.head("org/truncated")
+    lines = [{"key": "header", "value": {"summary": "five lines", "description": ""}}]
+    lines += [{"key": "file", "value": {"path": f"f{i}.txt", "content": base64.b64encode(b"x").decode(), "encoding": "base64"}} for i in range(4)]
+    body = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    sent = body[: body.index(b"\n", body.index(b"\n") + 1) + 1]  # the first 2 of the 5 lines, each complete
+    url = urlsplit(hub.url)
+    head_lines = f"POST /api/models/org/truncated/commit/main HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/x-ndjson\r\n"
+    if framing == "content-length":
+        request = (head_lines + f"Content-Length: {len(body)}\r\n\r\n").encode() + sent
+    else:
+        request = (head_lines + "Transfer-Encoding: chunked\r\n\r\n").encode() + f"{len(sent):x}\r\n".encode() + sent + b"\r\n"
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)  # the client is gone
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400") and b"truncated" in answer
+    assert hub.head("org/truncated") == head and "f0.txt" not in hub.files("org/truncated")
+
+
 def test_adapter_and_bundle_repos_and_push_to_hub_cards(hub, tmp_path):
     model, processor = tiny_base(tmp_path / "base")
     publish(tmp_path / "base", "org/lora-base", endpoint=hub.url)
