@@ -674,7 +674,7 @@ def test_onnx_policy_verifies_the_bundle_when_it_opens_it(int8_bundle, tmp_path)
     updated, used to load and drive the robot; both are refused on open (verify=False: development only)."""
     from embodyhub.embodiment.spec import _sha256
     from embodyhub.errors import EmbodimentMismatchError
-    from embodyhub.export.runtime import OnnxPolicy
+    from embodyhub.export.runtime import OnnxPolicy, runtime_model
 
     folder = _copy(int8_bundle[0], tmp_path)
     graph = folder / "policy_panda.onnx"
@@ -699,6 +699,11 @@ def test_onnx_policy_verifies_the_bundle_when_it_opens_it(int8_bundle, tmp_path)
         _rehash(folder, rel)
     with pytest.raises(EmbodimentMismatchError, match="urdf_sha256"):
         OnnxPolicy(folder, "panda")
+
+    weights = folder / "model.quantized.safetensors"  # the GPU runtime's model is verified the same way
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(EmbodyHubError, match="model.quantized.safetensors does not match its manifest hash"):
+        runtime_model(folder)
 
 
 def test_verify_bundle_refuses_paths_outside_unlisted_files_and_outside_graphs(int8_bundle, tmp_path):

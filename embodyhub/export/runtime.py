@@ -231,12 +231,15 @@ class _PrefixCache:
         return key_states, value_states
 
 
-def runtime_model(bundle: str | os.PathLike) -> WamForActionPrediction:
+def runtime_model(bundle: str | os.PathLike, verify: bool = True) -> WamForActionPrediction:
     """A bundle's quantized model as the GPU runtime runs it: decoder layers fused, on the host (move it to
-    the device with ``.cuda()``)."""
+    the device with ``.cuda()``). The bundle is first verified against its manifest, as ``OnnxPolicy`` does
+    (``verify=False``: development only)."""
     from .fused import fuse_decoder
     from .quantize import load_quantized
 
+    if verify:
+        verify_bundle(bundle)
     return fuse_decoder(load_quantized(bundle))
 
 

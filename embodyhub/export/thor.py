@@ -267,6 +267,7 @@ def _readme(config: QuantConfig, entries: list[dict[str, Any]]) -> str:
         "Native joint commands: `embodyhub.export.runtime.OnnxPolicy(bundle_dir, robot)(q, goal)`",
         "(IK and limit clamping through the bundled processor). `manifest.json` lists hashes, specs and latency.",
         f"The graphs read their weights from `{ONNX_DATA_NAME}` (ONNX external data): keep it next to them.",
+        "Save the engine outside this folder: the runtime refuses a bundle holding files `manifest.json` does not list.",
         "",
     ]
     return "\n".join(lines)
