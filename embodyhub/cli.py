@@ -373,6 +373,8 @@ def _cmd_push(args: argparse.Namespace) -> int:
           + (f" (eval: {eval_path})" if eval_path else ""))
     for path, size in result.files:
         print(f"  {size:>12,d}  {path}")
+    for note in result.notes:
+        print(f"  {note}")
     if result.dry_run:
         print("\n" + result.card)
     else:

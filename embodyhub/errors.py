@@ -23,3 +23,7 @@ class EmbodimentMismatchError(EmbodyHubError, ValueError):
 
 class DatasetError(EmbodyHubError, ValueError):
     """A dataset on disk is missing, malformed, or does not match what is asked of it."""
+
+
+class ConfigError(EmbodyHubError, ValueError):
+    """A model configuration is invalid (non-positive sizes, another model type)."""

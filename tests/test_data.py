@@ -203,3 +203,22 @@ def test_synthetic_two_arm_robot_is_deterministic(tmp_path):
     for k in range(3):
         ea, eb = da.episode(k), db.episode(k)
         assert all(torch.equal(ea[key], eb[key]) for key in ea if key != "task")
+
+
+def test_fps_must_be_finite_and_data_path_stays_inside_the_dataset(tmp_path):
+    """info.json fps of Infinity or true, and a data_path leading outside the dataset, were accepted."""
+    outside = write_dataset(tmp_path / "outside", toy_episodes((3, 2)), fps=10, robot_type="toy")
+    root = write_dataset(tmp_path / "ds", toy_episodes((3, 2)), fps=10, robot_type="toy")
+    info = json.loads((root / "meta/info.json").read_text())
+    for fps in ("Infinity", "true", "NaN", "0"):
+        (root / "meta/info.json").write_text(json.dumps(info)[:-1] + f', "fps": {fps}}}')
+        with pytest.raises(DatasetError, match="fps must be a positive finite number"):
+            load_dataset(root)
+    for fps in (float("inf"), True):
+        with pytest.raises(DatasetError, match="fps must be a positive finite number"):
+            write_dataset(tmp_path / "bad", toy_episodes((2,)), fps=fps, robot_type=None)
+    escape = "../outside/" + info["data_path"]
+    for data_path in (escape, str(outside / info["data_path"])):
+        (root / "meta/info.json").write_text(json.dumps({**info, "data_path": data_path}))
+        with pytest.raises(DatasetError, match="leads outside the dataset"):
+            load_dataset(root)

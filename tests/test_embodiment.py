@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -192,3 +193,17 @@ def test_adapter_fuzz_outputs_always_within_limits(name, x, q_seed, mode):
     assert torch.all((q - q_now).abs() <= emb.velocity_limit * emb.dt + 1e-9)
     x_back, _ = adapter.to_canonical(q)
     assert torch.isfinite(x_back).all()
+
+
+def test_card_urdf_file_must_be_a_file_in_the_card_folder(tmp_path):
+    """A card's ``urdf_file`` could name any path (and the hash-mismatch error leaked its hash's first digits)."""
+    secret = tmp_path / "secret.urdf"
+    secret.write_text("<robot name='secret'><link name='a'/></robot>")
+    folder = load_robot("panda").save_pretrained(tmp_path / "panda")
+    card = json.loads((folder / "embodiment.json").read_text())
+    digest = hashlib.sha256(secret.read_bytes()).hexdigest()
+    for name in ("../secret.urdf", str(secret), "..", "sub/robot.urdf"):
+        (folder / "embodiment.json").write_text(json.dumps({**card, "urdf_file": name}))
+        with pytest.raises(EmbodimentMismatchError, match="not a plain name") as err:
+            Embodiment.from_pretrained(folder)
+        assert digest[:12] not in str(err.value)

@@ -551,3 +551,226 @@ def test_a_fused_model_keeps_one_copy_of_its_stacked_weights_after_to():
     reference.to(torch.float64)
     want = reference.sample_action_tokens(dims, steps, **inputs)["tokens"]
     assert torch.equal(fused.sample_action_tokens(dims, steps, **inputs)["tokens"], want)
+
+
+# ---- hardening: the deployed runtime trusts nothing (issue 24) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tmp_path_factory):
+    """A tiny int8 panda bundle (with the decode step) and the quantized model it was built from."""
+    from embodyhub.export.thor import build_bundle
+
+    model, processor = tiny()
+    processor.embodiments["panda"].control_hz = 1.0  # a generous budget: no warning
+    folder = tmp_path_factory.mktemp("hardening") / "bundle"
+    build_bundle(model, processor, folder, QuantConfig("int8"), check_trials=1, latency_repeats=1)
+    return folder, model, processor
+
+
+def _copy(folder, tmp_path):
+    import shutil
+
+    return shutil.copytree(folder, tmp_path / "bundle")
+
+
+def _rewrite_manifest(folder, edit):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    edit(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _rehash(folder, rel):
+    from embodyhub.export.thor import sha256
+
+    _rewrite_manifest(folder, lambda m: m["files"][rel].update(sha256=sha256(folder / rel), bytes=(folder / rel).stat().st_size))
+
+
+HOSTILE = [float("nan"), float("inf"), -float("inf"), 1e39, -1e39, 3.4e38]  # the last: finite in float32, 10x of it is not
+
+
+def _hostile_inputs(emb, n=60, seed=0):
+    """In-limit states and reachable goals with one entry replaced by NaN, inf or a value beyond float32 (in
+    q, in the goal's position or rotation), plus clean ones and mildly out-of-range ones."""
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(n):
+        q, goal = example_inputs(emb, 1, seed=1000 + i)
+        q, goal = q.double(), goal.double()
+        kind = i % 4
+        value = HOSTILE[int(torch.randint(len(HOSTILE), (1,), generator=gen))]
+        if kind == 0:
+            q[0, int(torch.randint(emb.dof, (1,), generator=gen))] = value
+        elif kind == 1:
+            goal[0, 0, int(torch.randint(3, (1,), generator=gen)), int(torch.randint(4, (1,), generator=gen))] = value
+        elif kind == 2:
+            goal[0, 0, :3, 3] += 10.0 * torch.randn(3, generator=gen, dtype=torch.float64)  # unreachable, finite
+        yield q, goal
+
+
+def test_onnx_policy_and_pytorch_refuse_or_stay_in_limits_on_hostile_inputs(int8_bundle):
+    """Fuzz both paths: each input is refused with InvalidActionError by both, or both command in-limit
+    positions that move at most velocity x dt per step from the in-limit state (a NaN goal used to make the
+    graph emit token 0 everywhere: every joint at its velocity limit, no error)."""
+    from embodyhub.errors import InvalidActionError
+    from embodyhub.export.runtime import OnnxPolicy
+
+    folder, _, _ = int8_bundle
+    policy, quantized = OnnxPolicy(folder, "panda"), load_quantized(folder)
+    emb = policy.embodiment
+    refused = accepted = 0
+    for q, goal in _hostile_inputs(emb):
+        outcomes = []
+        for run in (lambda: policy(q, goal), lambda: quantized.predict_action(**policy.processor({"state": q, "goal": goal}, "panda"))):
+            try:
+                outcomes.append(run())
+            except InvalidActionError:
+                outcomes.append(None)
+        assert (outcomes[0] is None) == (outcomes[1] is None), f"one path refused q={q}, goal={goal} and the other did not"
+        if outcomes[0] is None:
+            refused += 1
+            continue
+        accepted += 1
+        in_limits = bool(((q >= emb.lower) & (q <= emb.upper)).all())
+        for chunk in outcomes:
+            assert torch.isfinite(chunk).all()
+            assert ((chunk >= emb.lower - 1e-12) & (chunk <= emb.upper + 1e-12)).all()
+            if in_limits:
+                steps = torch.diff(torch.cat([q[:, None], chunk], 1), dim=1).abs()
+                assert (steps <= emb.velocity_limit * emb.dt + 1e-9).all()
+    assert refused >= 25 and accepted >= 25
+
+
+@pytest.mark.parametrize(
+    "where,value,match",
+    [("q", float("nan"), "NaN"), ("goal", float("nan"), "NaN"), ("goal", float("inf"), "infinite"),
+     ("goal", 1e39, "float32"), ("q", 1e39, "float32"), ("goal_position", 3.4e38, "float32")],
+)
+def test_onnx_policy_refuses_what_the_pytorch_path_refuses(int8_bundle, where, value, match):
+    """A goal of 1e39 is finite in float64 but inf in the float32 model (greedy: full-speed motion; sampling:
+    a raw RuntimeError); 3.4e38 fits float32 but the goal-minus-end-effector features overflow."""
+    from embodyhub.errors import InvalidActionError
+    from embodyhub.export.runtime import OnnxPolicy
+
+    folder, model, processor = int8_bundle
+    policy = OnnxPolicy(folder, "panda")
+    q, goal = example_inputs(policy.embodiment, 1, seed=5)
+    q, goal = q.double(), goal.double()
+    if where == "q":
+        q[0, 2] = value
+    elif where == "goal":
+        goal[0, 0, 1, 1] = value
+    else:
+        goal[0, 0, 0, 3] = value
+    with pytest.raises(InvalidActionError, match=match):
+        policy(q, goal)
+    with pytest.raises(InvalidActionError, match=match):
+        policy.run_graph(q, goal)
+    with pytest.raises(InvalidActionError, match=match):
+        model.predict_action(**processor({"state": q, "goal": goal}, "panda"), do_sample=True)
+
+
+def test_onnx_policy_verifies_the_bundle_when_it_opens_it(int8_bundle, tmp_path):
+    """Flipped bytes in the graph, or a widened joint limit in the bundle's URDF with the card's hash
+    updated, used to load and drive the robot; both are refused on open (verify=False: development only)."""
+    from embodyhub.embodiment.spec import _sha256
+    from embodyhub.errors import EmbodimentMismatchError
+    from embodyhub.export.runtime import OnnxPolicy, runtime_model
+
+    folder = _copy(int8_bundle[0], tmp_path)
+    graph = folder / "policy_panda.onnx"
+    original = graph.read_bytes()
+    flipped = bytearray(original)
+    flipped[len(flipped) // 2] ^= 1
+    graph.write_bytes(bytes(flipped))
+    with pytest.raises(EmbodyHubError, match="policy_panda.onnx does not match its manifest hash"):
+        OnnxPolicy(folder, "panda")
+    graph.write_bytes(original)
+
+    urdf, card = folder / "embodiments/panda/robot.urdf", folder / "embodiments/panda/embodiment.json"
+    text = urdf.read_text()
+    assert 'upper="2.8973"' in text
+    wide = text.replace('upper="2.8973"', 'upper="4.05"', 1)
+    urdf.write_text(wide)
+    card.write_text(card.read_text().replace(_sha256(text), _sha256(wide)))
+    with pytest.raises(EmbodyHubError, match="embodiments/panda/.* does not match its manifest hash"):
+        OnnxPolicy(folder, "panda")
+    assert float(OnnxPolicy(folder, "panda", verify=False).embodiment.upper[0]) == pytest.approx(4.05)  # what verify stops
+    for rel in ("embodiments/panda/robot.urdf", "embodiments/panda/embodiment.json"):  # a manifest rewritten too
+        _rehash(folder, rel)
+    with pytest.raises(EmbodimentMismatchError, match="urdf_sha256"):
+        OnnxPolicy(folder, "panda")
+
+    weights = folder / "model.quantized.safetensors"  # the GPU runtime's model is verified the same way
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(EmbodyHubError, match="model.quantized.safetensors does not match its manifest hash"):
+        runtime_model(folder)
+
+
+def test_verify_bundle_refuses_paths_outside_unlisted_files_and_outside_graphs(int8_bundle, tmp_path):
+    from embodyhub.export.thor import sha256, verify_bundle
+
+    folder = _copy(int8_bundle[0], tmp_path)
+    manifest = verify_bundle(folder)
+    secret = tmp_path / "hostname"
+    secret.write_text("robot-7\n")
+    entry = {"sha256": sha256(secret), "bytes": secret.stat().st_size}
+    for rel in ("../hostname", "../../etc/hostname", str(secret), "embodiments/../../hostname"):
+        _rewrite_manifest(folder, lambda m: m["files"].update({rel: entry}))
+        with pytest.raises(EmbodyHubError, match="inside the bundle"):
+            verify_bundle(folder)
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    (folder / "link.txt").symlink_to(secret)  # a listed symlink out of the bundle
+    _rewrite_manifest(folder, lambda m: m["files"].update({"link.txt": entry}))
+    with pytest.raises(EmbodyHubError, match="outside the bundle"):
+        verify_bundle(folder)
+    (folder / "link.txt").unlink()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    # a tampered file simply dropped from the manifest, or a file the manifest never listed
+    _rewrite_manifest(folder, lambda m: m["files"].pop("embodiments/panda/robot.urdf"))
+    with pytest.raises(EmbodyHubError, match="does not list: embodiments/panda/robot.urdf"):
+        verify_bundle(folder)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "extra.onnx").write_bytes(b"x")
+    with pytest.raises(EmbodyHubError, match="does not list: extra.onnx"):
+        verify_bundle(folder)
+    (folder / "extra.onnx").unlink()
+
+    # the manifest's graph pointing outside the bundle
+    outside = tmp_path / "evil.onnx"
+    outside.write_bytes((folder / "policy_panda.onnx").read_bytes())
+    _rewrite_manifest(folder, lambda m: m["embodiments"][0].update(onnx="../evil.onnx"))
+    with pytest.raises(EmbodyHubError, match="not one of the bundle's listed files"):
+        verify_bundle(folder)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    # a listed graph whose external data is read from outside the bundle (hash updated to match)
+    proto = onnx.load(str(folder / "decode_step.onnx"), load_external_data=False)
+    for init in proto.graph.initializer:
+        for e in init.external_data:
+            if e.key == "location":
+                e.value = "../weights.onnx.data"
+    onnx.save(proto, str(folder / "decode_step.onnx"))
+    _rehash(folder, "decode_step.onnx")
+    with pytest.raises(EmbodyHubError, match="reads external data '../weights.onnx.data'"):
+        verify_bundle(folder)
+
+
+def test_batched_bundle_builds_and_runs_each_row(tmp_path):
+    """batch_size > 1 crashed in check_decode_step with a raw onnxruntime INVALID_ARGUMENT (and left a folder
+    without manifest.json); now the bundle builds, verifies, and each row decodes the PyTorch commands."""
+    from embodyhub.export.runtime import OnnxPolicy
+    from embodyhub.export.thor import build_bundle, verify_bundle
+
+    model, processor = tiny()
+    processor.embodiments["panda"].control_hz = 1.0
+    folder = tmp_path / "b2"
+    with pytest.raises(EmbodyHubError, match="batch_size must be at least 1"):
+        build_bundle(model, processor, folder, QuantConfig("int8"), batch_size=0)
+    manifest = build_bundle(model, processor, folder, QuantConfig("int8"), batch_size=2, check_trials=1, latency_repeats=1)
+    assert verify_bundle(folder) == manifest and manifest["decode_step"]["io"]["inputs"][0]["shape"][0] == 2
+    policy = OnnxPolicy(folder, "panda")
+    q, goal = example_inputs(policy.embodiment, 2, seed=9)
+    want = model.predict_action(**processor({"state": q.double(), "goal": goal.double()}, "panda"))
+    torch.testing.assert_close(policy(q, goal), want, rtol=0, atol=1e-6)

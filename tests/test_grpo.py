@@ -339,3 +339,46 @@ def test_behaviour_cloning_stops_at_its_time_budget(setup, tmp_path):
     data = prepare_data(recipe, tmp_path / "data", progress=False, robots=[panda], episodes=2)
     log = train(model, processor, data, 10**6, 4, 1e-3, warmup_steps=1, progress=False, time_budget_s=0.0)
     assert len(log) == 2 and log[-1]["step"] == 1  # one step, then the budget is spent
+
+
+def test_run_grpo_resumes_a_killed_run_from_its_last_checkpoint(setup, tmp_path):
+    """``grpo`` had no resume after a kill. A run killed after step 2 leaves checkpoint-1; the same call
+    continues from it (two more steps, not three), keeps the killed run's evaluations, and a finished run
+    leaves no checkpoint behind (the next run starts over); another recipe is refused."""
+    from embodyhub.errors import EmbodyHubError
+    from embodyhub.training.grpo import GrpoRecipe, _EvalCallback, run_grpo
+
+    model, processor, panda, _ = setup
+    model.save_pretrained(tmp_path / "base")
+    recipe = GrpoRecipe(
+        prompts=4, rollout_prompts=False, steps=3, num_generations=2, observations_per_step=2, eval_every=1, eval_episodes=2,
+        eval_max_steps=4, checkpoint_every=1,
+    )
+
+    class Killed(BaseException):
+        pass
+
+    step_end = _EvalCallback.on_step_end
+
+    def killed_at_step_2(self, args, state, control, **kwargs):
+        out = step_end(self, args, state, control, **kwargs)
+        if state.global_step == 2:  # after step 2's evaluation, before its checkpoint
+            raise Killed
+        return out
+
+    with mock.patch.object(_EvalCallback, "on_step_end", killed_at_step_2), pytest.raises(Killed):
+        run_grpo(model, processor, [panda], recipe, tmp_path / "run", progress=False)
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "trainer").glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-1"] and (tmp_path / "run" / "trainer" / "checkpoint-1" / "grpo_progress.json").is_file()
+
+    with pytest.raises(EmbodyHubError, match="learning_rate differ"):
+        run_grpo(WamForActionPrediction.from_pretrained(tmp_path / "base"), processor, [panda],
+                 GrpoRecipe(**{**recipe.__dict__, "learning_rate": 1.0}), tmp_path / "run", progress=False)
+
+    fresh = WamForActionPrediction.from_pretrained(tmp_path / "base")  # the rerun starts from the base, as the CLI does
+    with mock.patch.object(WamGRPOTrainer, "training_step", autospec=True, side_effect=WamGRPOTrainer.training_step) as steps:
+        result = run_grpo(fresh, processor, [panda], recipe, tmp_path / "run", progress=False)
+    assert steps.call_count == 2 and result["trainer"].state.global_step == 3
+    assert [e["step"] for e in result["history"]] == [0, 1, 2, 3]  # step 0 and 1 evaluated by the killed run
+    assert not list((tmp_path / "run" / "trainer").glob("checkpoint-*"))
+    assert AutoModel.from_pretrained(tmp_path / "run" / "model") is not None

@@ -172,6 +172,64 @@ def test_push_dry_run_lists_files_and_card_without_network(tmp_path, capsys):
     assert main(["push", str(tmp_path / "nope"), "--repo", "org/x", "--dry-run"]) == 2  # readable usage error
 
 
+def test_push_skips_dotfiles_secrets_and_symlinks_out_of_the_folder_and_says_so(hub, tmp_path, capsys):
+    """``push`` used to follow a symlink to a file outside the folder (uploading its contents) and upload
+    ``.env``, ``.ssh/id_rsa`` and ``.huggingface_token``."""
+    folder = tmp_path / "model"
+    tiny_base(folder)
+    secret = tmp_path / "passwd"
+    secret.write_text("root:SECRET-OUTSIDE\n")
+    planted = {".env": "HF_TOKEN=SECRET-ENV", ".ssh/id_rsa": "SECRET-SSH", ".huggingface_token": "SECRET-TOKEN",
+               "id_ed25519": "SECRET-KEY", "certs/server.pem": "SECRET-PEM", "token": "SECRET-BARE"}
+    for rel, text in planted.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(text)
+    (folder / "passwd").symlink_to(secret)
+    (folder / "outside_dir").symlink_to(tmp_path, target_is_directory=True)
+    (folder / "config_link.json").symlink_to(folder / "config.json")  # a link inside the folder is fine
+    skipped = {*planted, "passwd", "outside_dir"}
+
+    assert main(["push", str(folder), "--repo", "org/leaky", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    for rel in skipped:
+        assert f"skipped {rel}:" in out
+    assert "SECRET" not in out
+
+    result = publish(folder, "org/leaky", endpoint=hub.url)
+    remote = hub.files("org/leaky")
+    assert not skipped & set(remote) and "config_link.json" in remote and "model.safetensors" in remote
+    assert not [name for name, data in remote.items() if b"SECRET" in data]
+    assert sorted(n.split(" ")[1].rstrip(":") for n in result.notes) == sorted(skipped)
+
+
+def test_push_refuses_a_model_or_adapter_folder_that_does_not_load(hub, tmp_path):
+    """A half-written model or adapter used to be uploaded; now nothing is committed and the error says why."""
+    model, _ = tiny_base(tmp_path / "model")
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(EmbodyHubError, match="does not load .base folder"):
+        publish(tmp_path / "model", "org/half", dry_run=True)
+    requests = len(hub.requests)
+    assert cli_push(hub, tmp_path / "model", "org/half", tmp_path / "home", check=False).returncode == 2
+    with pytest.raises(EmbodyHubError, match="does not load .base folder"):
+        publish(tmp_path / "model", "org/half", endpoint=hub.url)
+    assert len(hub.requests) == requests  # refused before any request
+
+    tiny_base(tmp_path / "missing")
+    (tmp_path / "missing" / "config.json").write_text(
+        (tmp_path / "missing" / "config.json").read_text().replace('"num_hidden_layers": 2', '"num_hidden_layers": 3')
+    )
+    with pytest.raises(EmbodyHubError, match="weights do not match its config"):
+        publish(tmp_path / "missing", "org/missing", dry_run=True)
+
+    adapter = save_adapter(attach_adapter(model, load_robot("panda"), lora_config(r=2)), load_robot("panda"), tmp_path / "adapter")
+    publish(adapter, "org/adapter-ok", base_model="org/base", dry_run=True)
+    data = adapter / "adapter_model.safetensors"
+    data.write_bytes(data.read_bytes()[:-100])
+    with pytest.raises(EmbodyHubError, match="does not load .adapter folder"):
+        publish(adapter, "org/adapter-half", base_model="org/base", dry_run=True)
+
+
 # ---------------------------------------------------------------------------------------------- Hub round trips
 def test_push_then_pull_in_fresh_process_is_bit_identical_and_offline_reload_is_silent(hub, tmp_path):
     model, processor = tiny_base(tmp_path / "model")
@@ -222,6 +280,38 @@ def test_interrupted_commit_keeps_previous_commit_and_retry_succeeds(hub, tmp_pa
     assert hub.repo("org/interrupted").resolve("main").parent == head  # one commit on top of the previous one
     assert hub.files("org/interrupted")["model.safetensors"] == (tmp_path / "v2" / "model.safetensors").read_bytes()
     assert digest_tree(tmp_path / "v2") == before
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_local_hub_refuses_a_truncated_commit_body(hub, framing):
+    """The server committed what arrived of a commit body cut short by a dropped client (HEAD moved after 2
+    of 5 lines); a body shorter than announced, or a chunked body without its last chunk, now commits nothing."""
+    import base64
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi(endpoint=hub.url)
+    api.create_repo("org/truncated", exist_ok=True)
+    api.create_commit("org/truncated", [CommitOperationAdd("a.txt", b"first")], commit_message="first")
+    head = hub.head("org/truncated")
+    lines = [{"key": "header", "value": {"summary": "five lines", "description": ""}}]
+    lines += [{"key": "file", "value": {"path": f"f{i}.txt", "content": base64.b64encode(b"x").decode(), "encoding": "base64"}} for i in range(4)]
+    body = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    sent = body[: body.index(b"\n", body.index(b"\n") + 1) + 1]  # the first 2 of the 5 lines, each complete
+    url = urlsplit(hub.url)
+    head_lines = f"POST /api/models/org/truncated/commit/main HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/x-ndjson\r\n"
+    if framing == "content-length":
+        request = (head_lines + f"Content-Length: {len(body)}\r\n\r\n").encode() + sent
+    else:
+        request = (head_lines + "Transfer-Encoding: chunked\r\n\r\n").encode() + f"{len(sent):x}\r\n".encode() + sent + b"\r\n"
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)  # the client is gone
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400") and b"truncated" in answer
+    assert hub.head("org/truncated") == head and "f0.txt" not in hub.files("org/truncated")
 
 
 def test_adapter_and_bundle_repos_and_push_to_hub_cards(hub, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from embodyhub.errors import EmbodimentMismatchError
 from embodyhub.models.wam import WamConfig, WamForActionPrediction, WamProcessor
 from embodyhub.training.lora import attach_adapter, load_adapter, lora_config, save_adapter
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, chunk_length=2)
 
 
@@ -83,3 +86,40 @@ def test_mismatched_base_or_robot_is_refused(setup, tmp_path):
         load_adapter(other, folder, embodiment=ur5)
     with pytest.raises(EmbodimentMismatchError, match="not an embodyhub adapter"):
         load_adapter(other, tmp_path)
+
+
+def test_transformers_adapter_methods_work_with_the_pinned_peft(setup, tmp_path):
+    """transformers' own adapter API on our model (it refuses a peft older than it needs), with the
+    transformers/peft pair setup.cfg pins installed."""
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+    from setuptools.config.setupcfg import read_configuration
+
+    pins = {r.name: r for r in map(Requirement, read_configuration(ROOT / "setup.cfg")["options"]["install_requires"])}
+    for name in ("transformers", "peft"):
+        assert pins[name].specifier.contains(version(name)), f"{name} {version(name)} is not the pinned {pins[name]}"
+    base, processor, panda, ur5 = setup
+    base.save_pretrained(tmp_path / "base")
+    batch = batch_for(processor, panda)
+    reference = base(**batch).logits.clone()
+    folders = {}
+    for emb in (panda, ur5):
+        model = attach_adapter(WamForActionPrediction.from_pretrained(tmp_path / "base"), emb, lora_config(r=4))
+        nudge(model, emb.name)
+        folders[emb.name] = save_adapter(model, emb, tmp_path / emb.name)
+    native = WamForActionPrediction.from_pretrained(tmp_path / "base").eval()
+    for name, folder in folders.items():
+        native.load_adapter(str(folder), adapter_name=name)
+    native.set_adapter("ur5")
+    assert native.active_adapters() == ["ur5"]
+    with_ur5 = native(**batch).logits.clone()
+    native.set_adapter("panda")
+    assert native.active_adapters() == ["panda"]
+    assert not torch.allclose(native(**batch).logits, with_ur5)
+    native.disable_adapters()
+    torch.testing.assert_close(native(**batch).logits, reference)
+    native.enable_adapters()
+    assert not torch.allclose(native(**batch).logits, reference)
+    state = native.get_adapter_state_dict("panda")
+    assert state and all("lora_" in key for key in state)

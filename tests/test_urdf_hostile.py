@@ -627,6 +627,57 @@ def test_bad_numbers_and_joint_fields_rejected(kw):
     expect_urdf_error(one_joint(**dict(kw)), ("j_bad",))
 
 
+# finite but beyond the documented physical bound (MAX_URDF_VALUE = 1e16): an axis of 1e200 overflowed its
+# norm to inf and became (0, 0, 0) (FK then NaN), and limits of +-1.7e308 overflowed upper - lower
+HUGE_CASES = [
+    ("axis_1e200", lambda: one_joint(axis="1e200 0 0")),
+    ("axis_1e17", lambda: one_joint(axis="0 1e17 0")),
+    ("limits_max_float", lambda: one_joint(lower="-1.7e308", upper="1.7e308")),
+    ("limit_upper_1e17", lambda: one_joint(upper="1e17")),
+    ("velocity_1e300", lambda: one_joint(velocity="1e300")),
+    ("xyz_1e300", lambda: one_joint(xyz="1e300 0 0")),
+    ("rpy_1e300", lambda: one_joint(rpy="0 1e300 0")),
+    ("prismatic_lower_1e300", lambda: one_joint(jtype="prismatic", lower="-1e300")),
+    ("mimic_multiplier_1e300", lambda: robot(["base", "a", "b"], [
+        J("j_src", "revolute", "base", "a"), J("j_bad", "revolute", "a", "b", extra='<mimic joint="j_src" multiplier="1e300"/>'),
+    ])),
+]
+
+
+@pytest.mark.parametrize("make", [m for _, m in HUGE_CASES], ids=[n for n, _ in HUGE_CASES])
+def test_numbers_beyond_the_physical_bound_rejected(make):
+    err = expect_urdf_error(make(), ("j_bad",))
+    assert "1e+16" in str(err)
+
+
+def test_gazebo_unbounded_limits_at_the_bound_load_with_finite_kinematics():
+    """1e16 (SDF's "unbounded") is within the bound: it loads and its FK and sampling stay finite."""
+    import torch
+
+    model = load(one_joint(lower="-1e16", upper="1e16", axis="0 0 1e16", xyz="1e16 0 0"))
+    chain = model.chain("base", "arm")
+    lower, upper, _ = model.limits(["j_bad"])
+    q = torch.cat([lower, upper, torch.zeros(1)])[:, None]
+    assert torch.isfinite(chain.forward_kinematics(q)).all()
+    assert list(model.joints["j_bad"].axis) == pytest.approx([0, 0, 1])
+
+
+def test_object_limits_and_mimic_beyond_the_bound_rejected():
+    expect_urdf_error(_one_obj_joint(limit=SimpleNamespace(lower=-1.7e308, upper=1.7e308, effort=1.0, velocity=1.0)), ("j_bad",))
+    expect_urdf_error(_one_obj_joint(axis=(1e200, 0.0, 0.0)), ("j_bad",))
+    for mimic in (SimpleNamespace(joint="j_src", multiplier=float("nan"), offset=0.0), SimpleNamespace(joint="j_src", multiplier=1.0, offset=1e300)):
+        joints = [_ojoint("j_src", "revolute", "base", "a"), _ojoint("j_bad", "revolute", "a", "b", mimic=mimic)]
+        expect_urdf_error(_orobot(["base", "a", "b"], joints), ("j_bad",))
+
+
+def test_deep_nesting_is_refused_at_the_depth_cap_quickly():
+    """200k nested elements (within the size cap) took 3-9 s and +690 MB; now the parser stops at depth 65."""
+    src = '<robot name="r">' + "<a>" * 200_000 + "</a>" * 200_000 + "</robot>"
+    t0 = time.perf_counter()
+    expect_urdf_error(src, ("deep",))
+    assert time.perf_counter() - t0 < 0.5
+
+
 def test_missing_joint_type_attribute_rejected():
     src = robot(["base", "arm"], ['<joint name="j_bad"><parent link="base"/><child link="arm"/></joint>'])
     expect_urdf_error(src, ("j_bad",))

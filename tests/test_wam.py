@@ -240,3 +240,41 @@ def test_optional_image_patches_join_the_prefix():
     text_only = WamForActionPrediction(WamConfig(chunk_length=2, **TINY)).eval()
     with pytest.raises(InvalidActionError, match="without image inputs"):
         text_only.sample_action_tokens(dims, steps, **prefix)
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [({"num_hidden_layers": -3}, "num_hidden_layers=-3"), ({"num_hidden_layers": 0}, "num_hidden_layers=0"),
+     ({"num_attention_heads": 0}, "num_attention_heads=0"), ({"hidden_size": 0}, "hidden_size=0"),
+     ({"chunk_length": 2.5}, "chunk_length=2.5"), ({"model_type": "llama"}, "model_type 'llama'")],
+)
+def test_invalid_configs_are_refused_when_loaded(tmp_path, change, match):
+    """num_hidden_layers=-3 loaded a model with no trunk, zero heads raised ZeroDivisionError, and a config of
+    another model_type loaded silently."""
+    from embodyhub.errors import ConfigError
+
+    WamConfig(**TINY).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(ConfigError, match=match):
+        WamForActionPrediction.from_pretrained(tmp_path)
+    if "model_type" not in change:
+        with pytest.raises(ConfigError, match=match):
+            WamConfig(**{**TINY, **change})
+
+
+def test_processor_embodiment_names_cannot_leave_the_folder(setup, tmp_path):
+    """``processor_config.json`` names with ``../`` loaded embodiment cards from outside the model folder."""
+    _, processor, _ = setup
+    processor.save_pretrained(tmp_path / "model")
+    load_robot("ur5").save_pretrained(tmp_path / "outside" / "embodiments" / "evil")  # what ../../outside/... would read
+    config_path = tmp_path / "model" / "processor_config.json"
+    config = json.loads(config_path.read_text())
+    for name in ("../../outside/embodiments/evil", "..", "/etc", "a\\b"):
+        config_path.write_text(json.dumps({**config, "embodiment_names": [name]}))
+        with pytest.raises(EmbodimentMismatchError, match="not a plain name"):
+            WamProcessor.from_pretrained(tmp_path / "model")
+    evil = load_robot("ur5")
+    evil.name = "../evil"
+    with pytest.raises(EmbodimentMismatchError, match="not a plain name"):
+        WamProcessor().add_embodiment(evil)

@@ -175,8 +175,8 @@ def write_dataset(
     dataset at ``root`` is replaced only with ``overwrite=True``.
     """
     root = Path(root)
-    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
-        raise DatasetError(f"fps must be a positive number, got {fps!r}")
+    if not _valid_fps(fps):
+        raise DatasetError(f"fps must be a positive finite number, got {fps!r}")
     if chunks_size < 1 or not data_files_size_in_mb > 0:
         raise DatasetError("chunks_size and data_files_size_in_mb must be positive")
     arrays, episode_tasks, features = _episode_arrays(episodes, features)
@@ -307,6 +307,11 @@ def _to_numpy(column: pa.ChunkedArray, spec: Mapping[str, Any], where: str) -> n
     return values.astype(spec["dtype"])
 
 
+def _valid_fps(fps: Any) -> bool:
+    """A positive finite number (JSON's ``true`` and ``Infinity`` are not)."""
+    return isinstance(fps, (int, float)) and not isinstance(fps, bool) and math.isfinite(fps) and fps > 0
+
+
 class LeRobotDataset(torch.utils.data.Dataset):
     """A LeRobot v3.0 dataset held in memory as torch tensors; validated on load.
 
@@ -352,8 +357,8 @@ class LeRobotDataset(torch.utils.data.Dataset):
             if not isinstance(spec, dict):
                 raise DatasetError(f"{path}: feature '{key}' must be an object")
             _check_feature(key, spec)
-        if not (isinstance(info["fps"], (int, float)) and info["fps"] > 0):
-            raise DatasetError(f"{path}: fps must be a positive number, got {info['fps']!r}")
+        if not _valid_fps(info["fps"]):
+            raise DatasetError(f"{path}: fps must be a positive finite number, got {info['fps']!r}")
         return info
 
     def _load_stats(self) -> dict[str, dict[str, Tensor]]:
@@ -415,6 +420,8 @@ class LeRobotDataset(torch.utils.data.Dataset):
                 path = self.root / self.info["data_path"].format(chunk_index=chunk, file_index=file)
             except (AttributeError, KeyError, IndexError, ValueError) as exc:
                 raise DatasetError(f"info.json data_path {self.info['data_path']!r} is malformed: {exc}") from exc
+            if not path.resolve().is_relative_to(self.root.resolve()):
+                raise DatasetError(f"info.json data_path {self.info['data_path']!r} leads outside the dataset ({path})")
             table = _read_table(path, "data file")
             missing = [k for k in self.features if k not in table.column_names]
             if missing:

@@ -48,6 +48,14 @@ class GripperSpec:
     open: Literal["upper", "lower"] = "upper"
 
 
+def plain_name(name: Any, what: str) -> str:
+    """``name`` if it is one plain file or folder name (no separator, not ``.`` or ``..``): names read from
+    cards and configs become paths, which must stay inside their folder."""
+    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise EmbodimentMismatchError(f"{what} {name!r} is not a plain name: it becomes a path, which must stay inside its folder")
+    return name
+
+
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -182,7 +190,7 @@ class Embodiment:
 
             path = robot_dir(str(name_or_dir))
         card = json.loads((path / CARD_NAME).read_text())
-        urdf_text = (path / card.get("urdf_file", URDF_NAME)).read_text()
+        urdf_text = (path / plain_name(card.get("urdf_file", URDF_NAME), "the card's urdf_file")).read_text()
         return cls.from_card(card, urdf_text)
 
     @classmethod

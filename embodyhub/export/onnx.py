@@ -299,14 +299,15 @@ def export_decode_step(
 
 
 def check_decode_step(
-    path: str | os.PathLike, model: WamForActionPrediction, processor: WamProcessor, embodiment: Embodiment | str, seed: int = 1
+    path: str | os.PathLike, model: WamForActionPrediction, processor: WamProcessor, embodiment: Embodiment | str, seed: int = 1,
+    batch_size: int = 1,
 ) -> dict[str, float]:
     """Greedy-decode a whole chunk step by step in onnxruntime (cache growing each step) next to the PyTorch
-    cache; returns the max abs logit difference over all steps and the largest logit magnitude (float32
-    rounding scales with it)."""
+    cache, at the batch size the graph was exported for; returns the max abs logit difference over all steps
+    and the largest logit magnitude (float32 rounding scales with it)."""
     session = ort_session(path)
     emb = processor.resolve(embodiment)
-    q, goal = example_inputs(emb, 1, seed)
+    q, goal = example_inputs(emb, batch_size, seed)
     dims, steps = processor.schedule(emb)
     worst = scale = 0.0
     with torch.no_grad():
@@ -315,8 +316,8 @@ def check_decode_step(
         ort_keys, ort_values = keys.numpy(), values.numpy()
         for k in range(1, dims.shape[0]):
             token = greedy_token(logits, model.config.action_bins)
-            mask = torch.cat([mask, mask.new_ones(1, 1)], 1)
-            feed = (token, dims[None, k : k + 1], steps[None, k : k + 1], mask)
+            mask = torch.cat([mask, mask.new_ones(batch_size, 1)], 1)
+            feed = (token, dims[None, k : k + 1].expand(batch_size, 1), steps[None, k : k + 1].expand(batch_size, 1), mask)
             logits, keys, values = step_graph(*feed, keys, values)
             got, ort_keys, ort_values = session.run(STEP_OUTPUTS, dict(zip(STEP_INPUTS, [t.numpy() for t in feed] + [ort_keys, ort_values])))
             worst = max(worst, float((torch.from_numpy(got) - logits).abs().max()))

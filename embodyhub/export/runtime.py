@@ -19,20 +19,25 @@ import torch
 from torch import Tensor
 
 from ..embodiment import Embodiment
-from ..errors import EmbodyHubError
+from ..errors import EmbodimentMismatchError, EmbodyHubError, InvalidActionError
 from ..models.wam import WamForActionPrediction, WamProcessor
 from . import kernels
 from .onnx import OUTPUT_NAMES, LoopStepGraph, example_inputs, greedy_token, loop_head, ort_session
 from .quantize import dequantize_once
-from .thor import MANIFEST_NAME
+from .thor import MANIFEST_NAME, verify_bundle
 
 
 class OnnxPolicy:
-    """One robot's policy from a bundle folder; also an ``envs`` policy via ``as_env_policy``."""
+    """One robot's policy from a bundle folder; also an ``envs`` policy via ``as_env_policy``.
 
-    def __init__(self, bundle: str | os.PathLike, robot: str | None = None, threads: int = 1) -> None:
+    Opening a bundle verifies it against its manifest first (``verify_bundle``: every file's hash, no file
+    outside the manifest, no path outside the folder) and checks the robot's URDF against the manifest's
+    hash; ``verify=False`` skips that and is for development only. Inputs are validated as the PyTorch
+    path validates them (``WamProcessor``): shapes, NaN/inf, values beyond float32's range."""
+
+    def __init__(self, bundle: str | os.PathLike, robot: str | None = None, threads: int = 1, verify: bool = True) -> None:
         folder = Path(bundle)
-        self.manifest: dict[str, Any] = json.loads((folder / MANIFEST_NAME).read_text())
+        self.manifest: dict[str, Any] = verify_bundle(folder) if verify else json.loads((folder / MANIFEST_NAME).read_text())
         entries = {e["robot"]: e for e in self.manifest["embodiments"]}
         robot = robot or next(iter(entries))
         if robot not in entries:
@@ -40,15 +45,20 @@ class OnnxPolicy:
         self.entry = entries[robot]
         self.processor = WamProcessor.from_pretrained(folder)
         self.embodiment = self.processor.resolve(robot)
+        if verify and self.embodiment.urdf_sha256 != self.entry["urdf_sha256"]:
+            raise EmbodimentMismatchError(f"bundle {folder}: the URDF of '{robot}' does not match the manifest's urdf_sha256")
         self.session = ort_session(folder / self.entry["onnx"], threads)
         self.batch_size = int(self.entry["io"]["inputs"][0]["shape"][0])
 
     def run_graph(self, q: Tensor, goal: Tensor) -> tuple[Tensor, Tensor]:
         """``(tokens [B, L], canonical [B, H, D])`` from onnxruntime."""
+        self.processor({"state": q, "goal": goal}, self.embodiment)  # the PyTorch path's input checks; raises InvalidActionError
         q = torch.as_tensor(q, dtype=torch.float32)
         goal = torch.as_tensor(goal, dtype=torch.float32)
         if q.dim() == 1:
             q = q[None]
+        if goal.numel() != q.shape[0] * len(self.embodiment.arms) * 16:
+            raise InvalidActionError(f"the bundle's graph takes goal poses [B, {len(self.embodiment.arms)}, 4, 4], got {tuple(goal.shape)}")
         goal = goal.reshape(q.shape[0], len(self.embodiment.arms), 4, 4)
         if q.shape[0] != self.batch_size:
             raise EmbodyHubError(f"this graph was exported for batch {self.batch_size}, got {q.shape[0]}")
@@ -221,12 +231,15 @@ class _PrefixCache:
         return key_states, value_states
 
 
-def runtime_model(bundle: str | os.PathLike) -> WamForActionPrediction:
+def runtime_model(bundle: str | os.PathLike, verify: bool = True) -> WamForActionPrediction:
     """A bundle's quantized model as the GPU runtime runs it: decoder layers fused, on the host (move it to
-    the device with ``.cuda()``)."""
+    the device with ``.cuda()``). The bundle is first verified against its manifest, as ``OnnxPolicy`` does
+    (``verify=False``: development only)."""
     from .fused import fuse_decoder
     from .quantize import load_quantized
 
+    if verify:
+        verify_bundle(bundle)
     return fuse_decoder(load_quantized(bundle))
 
 

@@ -154,6 +154,8 @@ def build_bundle(
     """Quantize ``model`` in place and write the bundle folder ``out``; returns the manifest. ``export_step``
     adds ``decode_step.onnx`` (one KV-cached token, dynamic cache length) for runtimes that loop on the host.
     The graphs are checked and timed as shipped: after their weights moved to the shared data file."""
+    if batch_size < 1:
+        raise EmbodyHubError(f"batch_size must be at least 1, got {batch_size}")
     robots = robots or list(processor.embodiment_names)
     if not robots:
         raise EmbodyHubError("the processor has no embodiment cards; pass robots the bundle is for")
@@ -216,7 +218,7 @@ def build_bundle(
         entries.append(entry)
     decode_step = None
     if step_path is not None:
-        step_check = check_decode_step(step_path, model, processor, robots[0])
+        step_check = check_decode_step(step_path, model, processor, robots[0], batch_size=batch_size)
         tolerance = ONNX_TOLERANCE * max(1.0, step_check["max_abs_logit_value"])  # float32 rounding is relative
         if step_check["max_abs_logits"] > tolerance:
             raise EmbodyHubError(f"decode-step ONNX logits differ from PyTorch by {step_check['max_abs_logits']:.2e} (> {tolerance:.1e})")
@@ -265,19 +267,62 @@ def _readme(config: QuantConfig, entries: list[dict[str, Any]]) -> str:
         "Native joint commands: `embodyhub.export.runtime.OnnxPolicy(bundle_dir, robot)(q, goal)`",
         "(IK and limit clamping through the bundled processor). `manifest.json` lists hashes, specs and latency.",
         f"The graphs read their weights from `{ONNX_DATA_NAME}` (ONNX external data): keep it next to them.",
+        "Save the engine outside this folder: the runtime refuses a bundle holding files `manifest.json` does not list.",
         "",
     ]
     return "\n".join(lines)
 
 
 def verify_bundle(folder: str | os.PathLike) -> dict[str, Any]:
-    """Re-hash every file listed in the manifest; raises ``EmbodyHubError`` on a missing or altered file."""
+    """Check a bundle against its manifest before anything runs it; returns the manifest. Raises
+    ``EmbodyHubError`` when a listed path is absolute or leaves the folder (``..``, a symlink out), a listed
+    file is missing or differs from its sha256, a file in the folder is not listed (a dropped entry must not
+    hide a tampered file), or a graph the manifest names, or external data a listed graph reads, is not a
+    listed file."""
+    import onnx
+
+    from .onnx import _graphs
+
     folder = Path(folder)
-    manifest = json.loads((folder / MANIFEST_NAME).read_text())
-    for rel, info in manifest["files"].items():
-        path = folder / rel
+    root = folder.resolve()
+    try:
+        manifest = json.loads((folder / MANIFEST_NAME).read_text())
+        listed = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EmbodyHubError(f"{folder} has no readable {MANIFEST_NAME} with a 'files' table ({type(exc).__name__})") from None
+    for rel, info in listed.items():
+        path = _bundle_path(root, rel)
         if not path.is_file():
             raise EmbodyHubError(f"bundle file {rel} is missing")
         if sha256(path) != info["sha256"]:
             raise EmbodyHubError(f"bundle file {rel} does not match its manifest hash")
+    present = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        base = Path(dirpath)
+        links = [d for d in dirnames if (base / d).is_symlink()]  # os.walk does not descend into them: report them
+        present.update((base / name).relative_to(root).as_posix() for name in filenames + links)
+    unlisted = sorted(present - set(listed) - {MANIFEST_NAME})
+    if unlisted:
+        raise EmbodyHubError(f"bundle {folder} holds files its manifest does not list: {', '.join(unlisted[:5])} (move them out of the bundle)")
+    named = [e.get("onnx") for e in manifest.get("embodiments", [])] + [(manifest.get("decode_step") or {}).get("onnx"), manifest.get("onnx_data")]
+    outside = [name for name in named if name is not None and name not in listed]
+    if outside:
+        raise EmbodyHubError(f"the manifest names {outside[0]!r}, which is not one of the bundle's listed files")
+    for rel in (r for r in listed if r.endswith(".onnx")):
+        for graph in _graphs(onnx.load(str(root / rel), load_external_data=False).graph):
+            for init in graph.initializer:
+                location = next((e.value for e in init.external_data if e.key == "location"), None)
+                if location is not None and (Path(rel).parent / location).as_posix() not in listed:
+                    raise EmbodyHubError(f"graph {rel} reads external data {location!r}, which is not a listed file of the bundle")
     return manifest
+
+
+def _bundle_path(root: Path, rel: str) -> Path:
+    """``root / rel`` for a manifest path that stays inside the bundle, else ``EmbodyHubError``."""
+    parts = Path(rel).parts
+    if not rel or Path(rel).is_absolute() or "\\" in rel or ".." in parts:
+        raise EmbodyHubError(f"the manifest lists {rel!r}: bundle paths must be relative and stay inside the bundle")
+    path = root / rel
+    if not path.resolve().is_relative_to(root):
+        raise EmbodyHubError(f"bundle file {rel} leads outside the bundle (a symlink)")
+    return path

@@ -111,20 +111,25 @@ def check_adapter(
 ) -> Embodiment:
     """Refuse an adapter made for another base shape or, given ``embodiment``, another robot; returns the
     adapter's robot. Reads ``wam_base.json``, ``embodiment.json`` and ``robot.urdf`` (local folder or Hub)."""
+    saved, robot = read_adapter(adapter, hub_kwargs)
+    mine = base_signature(model)
+    diffs = [f"{k}: adapter {saved.get(k)!r}, base {v!r}" for k, v in mine.items() if saved.get(k) != v]
+    if diffs:
+        raise EmbodimentMismatchError(f"adapter {adapter} was trained on another base:\n  " + "\n  ".join(diffs))
+    if embodiment is not None:
+        embodiment.check_compatible(robot.to_card())
+    return robot
+
+
+def read_adapter(adapter: str | os.PathLike, hub_kwargs: dict[str, Any] | None = None) -> tuple[dict[str, Any], Embodiment]:
+    """An adapter's saved base signature (``wam_base.json``) and its robot (card + URDF, hash-checked)."""
     hub_kwargs = dict(hub_kwargs or {})
     hub_kwargs.update(hub_kwargs.pop("adapter_kwargs", None) or {})  # transformers' load_adapter nests revision/token here
     hub = {k: v for k, v in hub_kwargs.items() if k in HUB_KWARGS and v is not None}
     found = _optional_file(adapter, BASE_FILE, hub)
     if found is None:
         raise EmbodimentMismatchError(f"{adapter} has no {BASE_FILE}: not an embodyhub adapter, its base cannot be checked")
-    saved, mine = json.loads(Path(found).read_text()), base_signature(model)
-    diffs = [f"{k}: adapter {saved.get(k)!r}, base {v!r}" for k, v in mine.items() if saved.get(k) != v]
-    if diffs:
-        raise EmbodimentMismatchError(f"adapter {adapter} was trained on another base:\n  " + "\n  ".join(diffs))
     card_path, urdf_path = _optional_file(adapter, CARD_NAME, hub), _optional_file(adapter, URDF_NAME, hub)
     if card_path is None or urdf_path is None:
         raise EmbodimentMismatchError(f"adapter {adapter} lacks its {CARD_NAME} or {URDF_NAME}")
-    robot = Embodiment.from_card(json.loads(Path(card_path).read_text()), Path(urdf_path).read_text())
-    if embodiment is not None:
-        embodiment.check_compatible(robot.to_card())
-    return robot
+    return json.loads(Path(found).read_text()), Embodiment.from_card(json.loads(Path(card_path).read_text()), Path(urdf_path).read_text())

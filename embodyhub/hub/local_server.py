@@ -172,19 +172,30 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("PUT")
 
     def _body(self) -> bytes:
+        """The request body; a body cut short (the client gone before its announced length, or a chunked body
+        without its closing zero-size chunk) is a 400, never a partial body to act on."""
         length = int(self.headers.get("Content-Length") or 0)
         if length:
-            return self.rfile.read(length)
+            return self._read(length)
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             chunks = []
             while True:
-                size = int(self.rfile.readline().strip() or b"0", 16)
+                line = self.rfile.readline()
+                if not line.strip():
+                    raise _HubError(400, "request body truncated: the chunked body ended without its last chunk")
+                size = int(line.split(b";")[0].strip(), 16)
                 if size == 0:
                     self.rfile.readline()
                     return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
+                chunks.append(self._read(size))
                 self.rfile.readline()
         return b""
+
+    def _read(self, size: int) -> bytes:
+        data = self.rfile.read(size)
+        if len(data) < size:
+            raise _HubError(400, f"request body truncated: {len(data)} of {size} bytes arrived")
+        return data
 
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, content_type: str = "application/octet-stream", length: int | None = None) -> None:
         self.send_response(status)

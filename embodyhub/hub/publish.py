@@ -17,7 +17,11 @@ from typing import Any, Sequence
 
 from .cards import EVAL_FILE, CardKind, RenderedCard, detect_kind, render_card
 
-SKIP_DIRS = {".git", ".cache", "__pycache__", ".ipynb_checkpoints"}
+SKIP_DIRS = {".git", ".cache", "__pycache__", ".ipynb_checkpoints"}  # not walked, not reported
+# never uploaded, and reported: credentials that end up next to a run (dotfiles such as .env, .netrc or
+# .huggingface_token are skipped as dotfiles)
+SECRET_NAMES = {"id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", "credentials", "credentials.json", "token", "hf_token", "secrets.json", "secrets.yaml", "secrets.yml"}
+SECRET_SUFFIXES = (".pem", ".key", ".p12", ".pfx")
 CARD_FILE = "README.md"
 
 
@@ -36,17 +40,37 @@ class PublishResult:
 
 
 def folder_files(folder: str | os.PathLike) -> dict[str, Path]:
-    """Files to upload, keyed by their path in the repo (POSIX); VCS/cache folders and a README are skipped
-    (the rendered card replaces the README)."""
+    """Files to upload, keyed by their path in the repo (POSIX): see ``scan_folder``."""
+    return scan_folder(folder)[0]
+
+
+def scan_folder(folder: str | os.PathLike) -> tuple[dict[str, Path], list[str]]:
+    """``(files to upload, notes on what was skipped)``. Never uploaded: a README (the rendered card replaces
+    it), ``__pycache__``, anything under a dot-folder or named with a leading dot (``.git``, ``.env``,
+    ``.ssh/id_rsa``, ``.huggingface_token``), known secret names (``id_rsa``, ``*.pem``, ...) and symlinks
+    leading out of the folder; the notes name each skipped file but those under ``SKIP_DIRS``."""
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
-    out = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root)
-        if path.is_file() and not SKIP_DIRS.intersection(rel.parts) and rel.as_posix() != CARD_FILE:
-            out[rel.as_posix()] = path
-    return out
+    real = root.resolve()
+    files, notes = {}, []
+    for dirpath, dirnames, filenames in os.walk(root):
+        base = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        for name in sorted(filenames) + [d for d in dirnames if (base / d).is_symlink()]:
+            path = base / name
+            rel = path.relative_to(root)
+            if rel.as_posix() == CARD_FILE:
+                continue
+            if any(part.startswith(".") for part in rel.parts):
+                notes.append(f"skipped {rel.as_posix()}: a dotfile (never uploaded)")
+            elif name in SECRET_NAMES or name.endswith(SECRET_SUFFIXES):
+                notes.append(f"skipped {rel.as_posix()}: a secret's name (never uploaded)")
+            elif path.is_symlink() and not path.resolve().is_relative_to(real):
+                notes.append(f"skipped {rel.as_posix()}: a symlink out of the folder")
+            elif path.is_file():
+                files[rel.as_posix()] = path
+    return files, notes
 
 
 def find_eval(folder: str | os.PathLike) -> Path | None:
@@ -85,12 +109,13 @@ def publish(
     the processor, or ``processor.push_to_hub``), read the repo's other half for the card.
     ``endpoint``: another Hub server than ``HF_ENDPOINT`` (a mirror, or a test server).
     """
-    files = folder_files(folder)
+    files, skipped = scan_folder(folder)
     kind = kind or detect_kind(folder)
+    check_loads(folder, kind)
     card_kwargs = dict(kind=kind, base_model=base_model, license=license, datasets=datasets, eval_path=eval_path, recipe_path=recipe_path)
     rendered = render_card(folder, repo_id, **card_kwargs)  # before any network call: a bad card fails here
     if dry_run:
-        return _result(repo_id, rendered, files, dry_run=True)
+        return _result(repo_id, rendered, files, skipped, dry_run=True)
 
     from huggingface_hub import CommitOperationAdd, HfApi
 
@@ -111,16 +136,49 @@ def publish(
         revision=revision,
         create_pr=create_pr,
     )
-    result = _result(repo_id, rendered, files)
+    result = _result(repo_id, rendered, files, skipped)
     result.commit_oid, result.commit_url = info.oid, info.commit_url
     return result
 
 
-def _result(repo_id: str, rendered: RenderedCard, files: dict[str, Path], dry_run: bool = False) -> PublishResult:
+def _result(repo_id: str, rendered: RenderedCard, files: dict[str, Path], notes: list[str], dry_run: bool = False) -> PublishResult:
     listed = [(p, f.stat().st_size) for p, f in files.items()]
     listed += [(p, f.stat().st_size) for p, f in rendered.extra_files.items()]
     listed.append((CARD_FILE, len(rendered.text.encode("utf-8"))))
-    return PublishResult(repo_id, rendered.kind, sorted(listed), rendered.text, dry_run=dry_run)
+    return PublishResult(repo_id, rendered.kind, sorted(listed), rendered.text, dry_run=dry_run, notes=notes)
+
+
+def check_loads(folder: str | os.PathLike, kind: CardKind) -> None:
+    """Refuse (``EmbodyHubError``) to publish a base model or adapter folder that does not load: a half-written
+    weights file, weights that miss or add tensors, a config, processor or embodiment card that does not
+    parse. An export bundle is checked against its manifest where it runs (``verify_bundle``)."""
+    from ..errors import EmbodyHubError
+
+    root = Path(folder)
+    try:
+        if kind == "base" and (root / "config.json").is_file():
+            from ..models.wam import WamForActionPrediction
+
+            _, info = WamForActionPrediction.from_pretrained(root, output_loading_info=True)
+            wrong = [k for key in ("missing_keys", "unexpected_keys", "mismatched_keys") for k in info.get(key, [])]
+            if wrong:
+                raise EmbodyHubError(f"its weights do not match its config ({len(wrong)} tensors missing or unexpected, e.g. {wrong[0]})")
+        if kind == "base" and (root / "processor_config.json").is_file():
+            from ..models.wam import WamProcessor
+
+            WamProcessor.from_pretrained(root)
+        if kind == "adapter":
+            from peft import PeftConfig
+            from safetensors.torch import load_file
+
+            from .checks import read_adapter
+
+            PeftConfig.from_pretrained(str(root))
+            load_file(root / "adapter_model.safetensors")
+            read_adapter(root)
+    except Exception as exc:  # noqa: BLE001 - whatever the loaders raise, the folder is not publishable
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EmbodyHubError(f"{root} does not load ({kind} folder: {detail[:300]}); nothing was uploaded") from exc
 
 
 def _fetch_card_context(api: Any, repo_id: str, files: dict[str, Path], out: Path, revision: str | None) -> bool:

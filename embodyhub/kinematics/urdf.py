@@ -1,7 +1,8 @@
 """Hardened URDF reader: XML text -> ``RobotModel`` (links, joints, limits, mimic).
 
 Standard library only. The parser refuses DTDs and entities outright (no XXE, no entity
-bombs), never resolves or loads meshes, caps the input size, and validates the kinematic
+bombs), never resolves or loads meshes, caps the input size and the element nesting, bounds every
+number by ``MAX_URDF_VALUE`` (so no kinematic intermediate overflows), and validates the kinematic
 tree iteratively so that hostile or malformed files fail fast with an ``URDFError`` that
 names the offending element instead of crashing deep inside FK later.
 """
@@ -26,6 +27,11 @@ if TYPE_CHECKING:
     from .chain import KinematicChain
 
 MAX_URDF_BYTES = 16 * 1024 * 1024
+MAX_XML_DEPTH = 64  # element nesting; real URDFs (example-robot-data, pybullet, robosuite) nest 7 deep at most
+# Largest magnitude of any number in a URDF (origins, axes, limits, mimic terms): 1e16 is what SDF/Gazebo
+# write for "unbounded" (example-robot-data's iris uses it), and it keeps every FK, limit-normalization and
+# clamping intermediate (axis norm, upper - lower, q * multiplier) far inside float64's range.
+MAX_URDF_VALUE = 1e16
 JOINT_TYPES = ("revolute", "continuous", "prismatic", "fixed", "floating", "planar")
 _XACRO_NS = "http://www.ros.org/wiki/xacro"
 _XACRO_SUBST = re.compile(r"\$\{|\$\(")
@@ -194,8 +200,22 @@ def _parse_xml(data: str | bytes) -> ET.Element:
     parser = expat.ParserCreate()
     parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
     builder = ET.TreeBuilder()
-    parser.StartElementHandler = builder.start
-    parser.EndElementHandler = builder.end
+    depth = 0
+
+    def start(tag: str, attrs: dict[str, str]) -> None:
+        nonlocal depth
+        depth += 1
+        if depth > MAX_XML_DEPTH:
+            raise URDFError(f"URDF nests elements over {MAX_XML_DEPTH} deep (at <{tag[:50]}>)")
+        builder.start(tag, attrs)
+
+    def end(tag: str) -> None:
+        nonlocal depth
+        depth -= 1
+        builder.end(tag)
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
     parser.CharacterDataHandler = builder.data
     parser.StartDoctypeDeclHandler = _refuse("DOCTYPE declaration")
     parser.EntityDeclHandler = _refuse("ENTITY declaration")
@@ -231,7 +251,16 @@ def _floats(text: str | None, where: str, attr: str, default: tuple[float, ...] 
 def _check3(values: tuple[float, ...], where: str, attr: str) -> tuple[float, ...]:
     if len(values) != 3 or not all(math.isfinite(v) for v in values):
         raise URDFError(f"{where}: '{attr}' must be 3 finite numbers, got {values}")
+    for value in values:
+        _bounded(value, where, attr)
     return values
+
+
+def _bounded(value: float, where: str, attr: str) -> float:
+    """``value`` if its magnitude is within ``MAX_URDF_VALUE`` (no physical joint or link is larger)."""
+    if not abs(value) <= MAX_URDF_VALUE:
+        raise URDFError(f"{where}: '{attr}' is {value:g}, not a finite number within the physical bound ±{MAX_URDF_VALUE:g}")
+    return value
 
 
 def _scalar(el: ET.Element, attr: str, where: str, default: float | None) -> float:
@@ -246,7 +275,7 @@ def _scalar(el: ET.Element, attr: str, where: str, default: float | None) -> flo
         raise URDFError(f"{where}: '{attr}' is not a number: {text!r}") from None
     if not math.isfinite(value):
         raise URDFError(f"{where}: '{attr}' is not finite: {text!r}")
-    return value
+    return _bounded(value, where, attr)
 
 
 def _check_no_xacro(root: ET.Element) -> None:
@@ -471,6 +500,7 @@ def _convert_joint(j: Any, where: str) -> Joint:
             vals[key] = 0.0 if v is None else float(v)
             if not math.isfinite(vals[key]):
                 raise URDFError(f"{where} limit: '{key}' is not finite")
+            _bounded(vals[key], f"{where} limit", key)
         if jtype == "continuous":
             vals["lower"], vals["upper"] = -math.inf, math.inf
         if vals["lower"] > vals["upper"]:
@@ -481,5 +511,6 @@ def _convert_joint(j: Any, where: str) -> Joint:
     if mim is not None:
         mult = getattr(mim, "multiplier", 1.0)
         off = getattr(mim, "offset", 0.0)
-        mimic = Mimic(mim.joint, 1.0 if mult is None else float(mult), 0.0 if off is None else float(off))
+        mult = _bounded(1.0 if mult is None else float(mult), f"{where} mimic", "multiplier")
+        mimic = Mimic(mim.joint, mult, _bounded(0.0 if off is None else float(off), f"{where} mimic", "offset"))
     return Joint(name, jtype, j.parent, j.child, xyz, rpy, axis, limit, mimic)  # type: ignore[arg-type]

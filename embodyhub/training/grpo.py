@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 from unittest import mock
@@ -40,12 +41,13 @@ from accelerate.utils import is_peft_model
 from torch import Tensor
 from transformers import PreTrainedTokenizer, PrinterCallback, TrainerCallback
 from transformers.cache_utils import Cache, DynamicLayer
+from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer import grpo_trainer as _trl_grpo
 
 from ..embodiment import Embodiment
-from ..errors import InvalidActionError
+from ..errors import EmbodyHubError, InvalidActionError
 from ..models.wam import WamForActionPrediction, WamProcessor
 from .evaluate import evaluate_reach, save_figure
 from .lora import save_adapter
@@ -401,6 +403,11 @@ class GrpoRecipe(Recipe):
     eval_max_steps: int = 60
     eval_seed: int = 1234
     seed: int = 0
+    checkpoint_every: int = 20  # steps between the resumable checkpoints in OUT/trainer (0: none)
+
+
+PROGRESS_FILE = "grpo_progress.json"  # beside each checkpoint: evaluations, training seconds, recipe
+RESUMABLE_CHANGES = ("steps", "time_budget_s", "checkpoint_every")  # recipe fields a resumed run may change
 
 
 def reach_prompts(
@@ -452,14 +459,19 @@ class _EvalCallback(TrainerCallback):
 
     The clock starts at ``start`` (so collecting prompts counts) and leaves out the evaluations."""
 
-    def __init__(self, trainer_ref: list, embodiments: list[Embodiment], recipe: GrpoRecipe, progress: bool, start: float) -> None:
+    def __init__(
+        self, trainer_ref: list, embodiments: list[Embodiment], recipe: GrpoRecipe, progress: bool, start: float,
+        resumed: dict[str, Any] | None = None,
+    ) -> None:
+        """``resumed``: the ``PROGRESS_FILE`` of the checkpoint a killed run resumes from (its evaluations and
+        training seconds carry on)."""
         self.trainer_ref, self.embodiments, self.recipe, self.progress = trainer_ref, embodiments, recipe, progress
-        self.history: list[dict[str, Any]] = []
-        self.start, self.eval_seconds = start, 0.0
+        self.history: list[dict[str, Any]] = list((resumed or {}).get("history", []))
+        self.start, self.eval_seconds, self.carried = start, 0.0, float((resumed or {}).get("seconds", 0.0))
 
     def seconds(self) -> float:
-        """Training wall-clock so far, evaluations excluded."""
-        return time.perf_counter() - self.start - self.eval_seconds
+        """Training wall-clock so far, evaluations excluded (a resumed run's earlier seconds included)."""
+        return time.perf_counter() - self.start - self.eval_seconds + self.carried
 
     def evaluate(self, step: int) -> None:
         began = time.perf_counter()
@@ -487,6 +499,28 @@ class _EvalCallback(TrainerCallback):
         if state.is_world_process_zero and every and (state.global_step % every == 0 or control.should_training_stop):
             self.evaluate(state.global_step)
         return control
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        """Beside the checkpoint just written: what a resumed run needs that the Trainer does not keep."""
+        if state.is_world_process_zero:
+            progress = {"history": self.history, "seconds": self.seconds(), "recipe": asdict(self.recipe)}
+            (Path(args.output_dir) / f"checkpoint-{state.global_step}" / PROGRESS_FILE).write_text(json.dumps(progress, indent=2))
+        return control
+
+
+def _resumable(checkpoint: Path, recipe: GrpoRecipe) -> dict[str, Any]:
+    """The progress saved beside ``checkpoint``, if the run that wrote it had the same recipe (but for
+    ``RESUMABLE_CHANGES``); else ``EmbodyHubError``."""
+    path = checkpoint / PROGRESS_FILE
+    progress = json.loads(path.read_text()) if path.is_file() else {}
+    saved, mine = progress.get("recipe", {}), asdict(recipe)
+    changed = sorted(k for k in mine if k not in RESUMABLE_CHANGES and k in saved and saved[k] != mine[k])
+    if changed:
+        raise EmbodyHubError(
+            f"{checkpoint} is a killed run with another recipe ({', '.join(changed)} differ): resume with the same recipe, "
+            f"or delete {checkpoint.parent} to start over"
+        )
+    return progress
 
 
 def plot_curve(rewards: list[tuple[int, float]], success: list[dict[str, Any]], path: str | Path, title: str = "GRPO") -> Path:
@@ -516,8 +550,10 @@ def plot_curve(rewards: list[tuple[int, float]], success: list[dict[str, Any]], 
 
 def grpo_config(recipe: GrpoRecipe, output_dir: str | Path, **overrides: Any) -> GRPOConfig:
     """The ``GRPOConfig`` a recipe stands for (``overrides`` win): constant learning rate, one log line per
-    step, no checkpoints. Activation checkpointing (TRL's default) is off: it trades a second forward for
-    memory that a small WAM does not need; pass ``activation_checkpointing=True`` for a large one."""
+    step, the latest resumable checkpoint every ``recipe.checkpoint_every`` steps (weights or adapter,
+    optimizer, scheduler, RNG states; none when 0). Activation checkpointing (TRL's default) is off: it
+    trades a second forward for memory that a small WAM does not need; pass ``activation_checkpointing=True``
+    for a large one."""
     config = dict(
         output_dir=str(output_dir),
         max_steps=recipe.steps,
@@ -531,7 +567,8 @@ def grpo_config(recipe: GrpoRecipe, output_dir: str | Path, **overrides: Any) ->
         num_iterations=recipe.num_iterations,
         reward_weights=[1.0] + ([recipe.world_model_weight] if recipe.world_model_weight else []),
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="steps" if recipe.checkpoint_every else "no",
+        **({"save_steps": recipe.checkpoint_every, "save_total_limit": 1} if recipe.checkpoint_every else {}),
         report_to="none",
         seed=recipe.seed,
         use_cpu=not torch.cuda.is_available(),
@@ -552,9 +589,16 @@ def run_grpo(
     out: str | Path,
     progress: bool = True,
     save: bool = True,
+    resume: bool = True,
     **config_overrides: Any,
 ) -> dict[str, Any]:
     """GRPO on closed-loop reach for ``embodiments``: prompts, rewards, trainer, periodic evaluation, curve PNG.
+
+    A run killed before it finished leaves its latest checkpoint in ``out/trainer``; with ``resume`` the next
+    call with the same ``out`` and recipe (``steps`` and ``time_budget_s`` may change) continues from it:
+    weights or adapter, optimizer, scheduler, RNG states, step count, evaluations and training seconds. (The
+    prompt order after resuming may differ from an unbroken run's: TRL's sampler does not save its shuffle
+    state.) A run that finishes deletes its checkpoints, so running again starts over.
 
     Returns ``{"history": [...], "rewards": [(step, mean reward)], "trainer": ..., "seconds": ...}`` where
     ``seconds`` is the training wall-clock (prompt collection included, evaluations excluded) that
@@ -573,16 +617,23 @@ def run_grpo(
     if recipe.world_model_weight:
         rewards.append(WorldModelReward(base, processor, by_name))
     config = grpo_config(recipe, out / "trainer", disable_tqdm=not progress, **config_overrides)
+    checkpoint = get_last_checkpoint(str(out / "trainer")) if resume and (out / "trainer").is_dir() else None
+    resumed = _resumable(Path(checkpoint), recipe) if checkpoint else None
     holder: list = []
-    callback = _EvalCallback(holder, embodiments, recipe, progress, start)
+    callback = _EvalCallback(holder, embodiments, recipe, progress, start, resumed)
     trainer = WamGRPOTrainer(model, rewards, config, prompts, processor, by_name, callbacks=[callback])
     holder.append(trainer)
     if not progress:
         trainer.remove_callback(PrinterCallback)
-    if recipe.eval_every and trainer.accelerator.is_main_process:
+    if recipe.eval_every and trainer.accelerator.is_main_process and not checkpoint:
         callback.evaluate(0)
-    trainer.train()
+    if checkpoint and progress:
+        print(f"[grpo] resuming a killed run from {checkpoint}", flush=True)
+    trainer.train(resume_from_checkpoint=checkpoint)
     seconds = callback.seconds()
+    if trainer.accelerator.is_main_process:  # finished: nothing to resume, the next run starts over
+        for done in (out / "trainer").glob("checkpoint-*"):
+            shutil.rmtree(done)
     if callback.history and callback.history[-1]["step"] != trainer.state.global_step and trainer.accelerator.is_main_process:
         callback.evaluate(trainer.state.global_step)
     reward_curve = [(e["step"], e["reward"]) for e in trainer.state.log_history if "reward" in e]

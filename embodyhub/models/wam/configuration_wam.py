@@ -7,6 +7,7 @@ from typing import Any
 from transformers import PreTrainedConfig
 
 from ...embodiment.spec import JOINT_FEATURES
+from ...errors import ConfigError
 
 
 class WamConfig(PreTrainedConfig):
@@ -56,8 +57,17 @@ class WamConfig(PreTrainedConfig):
         embodiments: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
+        sizes = dict(
+            hidden_size=hidden_size, num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+            intermediate_size=intermediate_size, action_bins=action_bins, action_dim=action_dim, chunk_length=chunk_length,
+        )
+        bad = [f"{k}={v!r}" for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+        if bad:
+            raise ConfigError(f"WamConfig sizes must be positive integers, got {', '.join(bad)}")
         if hidden_size % num_attention_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}")
+            raise ConfigError(f"hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}")
+        if kwargs.get("model_type", self.model_type) != self.model_type:
+            raise ConfigError(f"a config of model_type {kwargs['model_type']!r} is not a WamConfig (model_type 'wam')")
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.num_attention_heads = num_attention_heads

@@ -20,7 +20,7 @@ from transformers import BatchFeature, ProcessorMixin
 from transformers.utils import cached_file
 
 from ...embodiment import CanonicalActionSpace, Embodiment, KinematicAdapter
-from ...embodiment.spec import CARD_NAME, URDF_NAME
+from ...embodiment.spec import CARD_NAME, URDF_NAME, plain_name
 from ...errors import EmbodimentMismatchError, InvalidActionError
 from ...kinematics.rotations import matrix_to_rotation_6d
 from .action_tokenizer import BinningActionTokenizer, canonical_ranges
@@ -69,6 +69,7 @@ class WamProcessor(ProcessorMixin):
     # ------------------------------------------------------------------ embodiments
     def add_embodiment(self, embodiment: Embodiment) -> None:
         """Register a robot the model is trained on (saved with the processor)."""
+        plain_name(embodiment.name, "embodiment name")  # it names the card's folder when saved
         self.adapter(embodiment)  # validates it fits the canonical space
         self.embodiments[embodiment.name] = embodiment
         if embodiment.name not in self.embodiment_names:
@@ -123,10 +124,11 @@ class WamProcessor(ProcessorMixin):
         state = observation.get("state", observation.get("observation.state"))
         if state is None:
             raise InvalidActionError("observation needs 'state' (native joint positions [B, dof])")
-        q = emb.check_q(torch.as_tensor(state, dtype=torch.float64), "observation state")
+        q = _float32_range(emb.check_q(torch.as_tensor(state, dtype=torch.float64), "observation state"), "observation state")
         q = q[None] if q.dim() == 1 else q
         B = q.shape[0]
         x, mask = adapter.to_canonical(q)
+        _float32_range(x, "the canonical state of the observation")
         goal, goal_mask = self._goal(observation, emb, x)
         dims, steps = self.schedule(emb)
         features: dict[str, Any] = {
@@ -153,7 +155,7 @@ class WamProcessor(ProcessorMixin):
         goal = observation.get("goal", observation.get("observation.goal"))
         if goal is None:
             raise InvalidActionError("observation needs 'goal' (target end-effector pose per arm)")
-        goal = torch.as_tensor(goal, dtype=torch.float64)
+        goal = _float32_range(torch.as_tensor(goal, dtype=torch.float64), "goal")
         B, n = state.shape[0], len(emb.arms)
         if goal.shape[-2:] == (4, 4):
             goal = goal.reshape(-1, n, 4, 4) if goal.dim() > 2 else goal.reshape(1, 1, 4, 4)
@@ -163,11 +165,9 @@ class WamProcessor(ProcessorMixin):
             raise InvalidActionError(
                 f"goal has shape {tuple(goal.shape)}; expected [{B}, {n}, 4, 4] poses or [{B}, {n * 9}] vectors"
             )
-        if not torch.isfinite(goal).all():
-            raise InvalidActionError("goal contains NaN or infinite values")
         per_arm = goal.reshape(B, n, 9)
         ee = torch.stack([state[:, self.space[f"arm{i}.ee_pos"].start : self.space[f"arm{i}.ee_rot6d"].stop] for i in range(n)], 1)
-        per_arm = torch.cat([per_arm, (per_arm - ee) * _RELATIVE_GOAL_SCALE], -1)
+        per_arm = _float32_range(torch.cat([per_arm, (per_arm - ee) * _RELATIVE_GOAL_SCALE], -1), "the goal features")
         padded = torch.zeros(B, self.max_arms, GOAL_PER_ARM, dtype=torch.float32)
         padded[:, :n] = per_arm.float()
         goal_mask = torch.zeros(B, self.max_arms, dtype=torch.bool)
@@ -259,6 +259,7 @@ class WamProcessor(ProcessorMixin):
         processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         hub = {k: v for k, v in kwargs.items() if k in _HUB_KWARGS}
         for name in processor.embodiment_names:
+            plain_name(name, "processor_config.json embodiment name")
             card = cached_file(pretrained_model_name_or_path, f"{EMBODIMENTS_DIR}/{name}/{CARD_NAME}", **hub)
             urdf = cached_file(pretrained_model_name_or_path, f"{EMBODIMENTS_DIR}/{name}/{URDF_NAME}", **hub)
             if card is None or urdf is None:
@@ -266,6 +267,16 @@ class WamProcessor(ProcessorMixin):
             emb = Embodiment.from_card(json.loads(Path(card).read_text()), Path(urdf).read_text())
             processor.embodiments[name] = emb
         return processor
+
+
+def _float32_range(values: Tensor, what: str) -> Tensor:
+    """``values`` if finite and within float32's range (the model and the exported graph compute in float32:
+    a larger value becomes inf there, then NaN logits); else ``InvalidActionError``."""
+    if not torch.isfinite(values).all():
+        raise InvalidActionError(f"{what} contains NaN or infinite values")
+    if values.numel() and float(values.abs().max()) > torch.finfo(torch.float32).max:
+        raise InvalidActionError(f"{what} holds values beyond float32's range (±{torch.finfo(torch.float32).max:.3g})")
+    return values
 
 
 class ActionDecoder:
