@@ -23,3 +23,7 @@ class EmbodimentMismatchError(EmbodyHubError, ValueError):
 
 class DatasetError(EmbodyHubError, ValueError):
     """A dataset on disk is missing, malformed, or does not match what is asked of it."""
+
+
+class RecipeError(EmbodyHubError, ValueError):
+    """A recipe file is missing, unreadable, or holds keys its stage does not know."""

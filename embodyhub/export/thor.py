@@ -273,6 +273,8 @@ def _readme(config: QuantConfig, entries: list[dict[str, Any]]) -> str:
 def verify_bundle(folder: str | os.PathLike) -> dict[str, Any]:
     """Re-hash every file listed in the manifest; raises ``EmbodyHubError`` on a missing or altered file."""
     folder = Path(folder)
+    if not (folder / MANIFEST_NAME).is_file():
+        raise EmbodyHubError(f"{folder} is not an export bundle (no {MANIFEST_NAME} in it): give a folder `embodyhub export` wrote")
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
     for rel, info in manifest["files"].items():
         path = folder / rel
