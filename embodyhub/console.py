@@ -65,23 +65,27 @@ def using_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: object = None, line: str | None = None) -> None:
+def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
     text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
-    print(f"embodyhub: warning: {text}", file=sys.stderr)
+    return f"embodyhub: warning: {text}\n"
 
 
 @contextlib.contextmanager
 def quiet_output(verbose: bool) -> Iterator[None]:
     """Warnings print as one ``embodyhub: warning: ...`` line. Unless ``verbose``: no library deprecation
     notices, transformers logs errors only, and no Hub download or weight-loading bars (ours stay)."""
+    formatter = warnings.formatwarning  # formatted, not replaced: a caller recording warnings still gets them
     with warnings.catch_warnings():
-        warnings.showwarning = _show_warning
+        warnings.formatwarning = _format_warning  # type: ignore[assignment]
         if not verbose:
             for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
                 warnings.filterwarnings("ignore", category=category)
             os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is imported
             os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        yield
+        try:
+            yield
+        finally:
+            warnings.formatwarning = formatter
 
 
 def hub_unreachable_reason(timeout: float = 3.0) -> str | None:

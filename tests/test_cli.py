@@ -235,3 +235,13 @@ def test_thread_setting_reaches_a_loaded_torch_and_is_restored(monkeypatch):
     with using_threads(before + 1):
         assert torch.get_num_threads() == before + 1 and os.environ["OMP_NUM_THREADS"] == str(before + 1)
     assert torch.get_num_threads() == before and os.environ["OMP_NUM_THREADS"] == "1"
+
+
+def test_warnings_print_as_one_line():
+    code = ("import sys, warnings; from embodyhub import cli\n"
+            "def warn(args):\n    warnings.warn('over budget\\nsecond line'); warnings.warn('old', FutureWarning); return 0\n"
+            "cli._cmd_robots_list = warn; sys.exit(cli.main(['robots', 'list']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stderr.splitlines() == ["embodyhub: warning: over budget"]
+    proc = subprocess.run([sys.executable, "-c", code.replace("'list']", "'list', '--verbose']")], capture_output=True, text=True, check=True)
+    assert proc.stderr.splitlines() == ["embodyhub: warning: over budget", "embodyhub: warning: old"]
