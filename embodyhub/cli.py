@@ -141,7 +141,11 @@ def _model_dir(value: str | None, what: str = "model") -> str:
         if not isinstance(try_to_load_from_cache(value, marker), str):
             raise EmbodyHubError(f"{value} is not a folder here and the Hub is unreachable ({reason}), nor is it in the "
                                  f"local cache: give a local {what} folder, or connect and retry")
-        os.environ["HF_HUB_OFFLINE"] = "1"  # cached: load it without trying the network
+        import huggingface_hub.constants
+
+        # Cached: load it without trying the network (the constant is what huggingface_hub reads once imported).
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
     return value
 
 

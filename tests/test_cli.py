@@ -245,3 +245,23 @@ def test_warnings_print_as_one_line():
     assert proc.stderr.splitlines() == ["embodyhub: warning: over budget"]
     proc = subprocess.run([sys.executable, "-c", code.replace("'list']", "'list', '--verbose']")], capture_output=True, text=True, check=True)
     assert proc.stderr.splitlines() == ["embodyhub: warning: over budget", "embodyhub: warning: old"]
+
+
+def test_a_cached_hub_model_loads_while_the_hub_is_unreachable(tmp_path):
+    """Offline, a Hub id is refused only when its files are not in the local cache."""
+    import shutil
+
+    from embodyhub.pretrained import tiny_base
+
+    repo = tmp_path / "cache" / "models--org--wam"
+    shutil.copytree(tiny_base(), repo / "snapshots" / "abc")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc")
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "cache"), HF_ENDPOINT="http://127.0.0.1:9")
+    env.pop("HF_HUB_OFFLINE", None)
+    argv = ["eval", "--robot", "panda", "--episodes", "1", "--max-steps", "1", "--out", str(tmp_path / "eval")]
+    proc = subprocess.run([sys.executable, "-m", "embodyhub.cli", *argv, "--model", "org/wam"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert set(json.loads((tmp_path / "eval" / "eval.json").read_text())) == {"panda"}
+    proc = subprocess.run([sys.executable, "-m", "embodyhub.cli", *argv, "--model", "org/other"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "Hub is unreachable (no connection to http://127.0.0.1:9" in proc.stderr
