@@ -24,6 +24,6 @@ def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str],
         return value
 
     def __dir__() -> list[str]:
-        return sorted(exports)
+        return sorted(set(vars(sys.modules[package])) | set(exports))
 
     return __getattr__, __dir__
