@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -336,10 +337,12 @@ def _latency_plot(export: dict[str, Any], path: Path) -> Path:
 def render_report(demo: Demo, seconds: float) -> str:
     """Markdown of what this run (and resumed earlier runs) measured."""
     res, robot = demo.results, demo.robot.name
+    threads, load = torch.get_num_threads(), "/".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [
         "# embodyhub demo report",
         "",
-        f"Total {seconds:.0f} s in this invocation (torch {torch.__version__}, {torch.get_num_threads()} threads). "
+        f"Total {seconds:.0f} s in this invocation (torch {torch.__version__}, {threads} thread{'s' * (threads > 1)}; "
+        f"machine load average {load}, over the last 1/5/15 minutes at the end). "
         f"Robot adapted: **{robot}**, held out from the tiny base's pretraining; task: reaches to goals up to "
         f"{demo.recipe.goal_distance} rad per joint from the start (pretraining used 0.3), "
         f"{demo.recipe.eval_episodes} held-out targets, success = 2 cm and 0.1 rad within {demo.recipe.eval_max_steps} steps.",
