@@ -276,7 +276,7 @@ def test_unsupported_sampling_settings_are_refused(setup, tmp_path):
         WamGRPOTrainer(model, [ReachReward(processor)], config(tmp_path, top_p=0.9), reach_prompts([panda], 2), processor)
 
 
-def test_cli_grpo_runs_and_writes_curve(setup, tmp_path):
+def test_cli_grpo_runs_and_writes_curve(setup, tmp_path, check_saved_figures):
     from embodyhub.cli import main
 
     model, processor, panda, _ = setup
@@ -289,6 +289,7 @@ def test_cli_grpo_runs_and_writes_curve(setup, tmp_path):
     )
     assert main(["grpo", "--model", str(tmp_path / "m"), "--robot", "panda", "--recipe", str(recipe), "--out", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "grpo_curve.png").stat().st_size > 1000
+    assert check_saved_figures() == [tmp_path / "o" / "grpo_curve.png"]  # reward and success panels, both readable
     assert AutoModel.from_pretrained(tmp_path / "o" / "model") is not None
     assert main(["grpo", "--model", str(tmp_path / "m"), "--robot", "panda", "--recipe", str(recipe), "--lora", "--out", str(tmp_path / "l")]) == 0
     assert (tmp_path / "l" / "model" / "panda" / "adapter_config.json").is_file()

@@ -98,7 +98,7 @@ def plot_results(results: dict[str, dict[str, Any]], path: str | Path, title: st
             goal = r["waypoints"][i][-1, 0, :2].numpy()
             ax.plot(goal[0], goal[1], "k*", ms=8)
             ax.plot(xy[0, 0], xy[0, 1], "o", color="gray", ms=4)
-        ax.set_title(f"{name}: {100 * r['success_rate']:.0f}% ({shown} of {r['episodes']} paths)")
+        ax.set_title(f"{name}\n{100 * r['success_rate']:.0f}% success; {shown} of {r['episodes']} paths shown", fontsize=10)
         ax.set_xlabel("x (m, arm base)")
         ax.set_ylabel("y (m, arm base)")
         ax.set_aspect("equal", adjustable="datalim")

@@ -513,8 +513,14 @@ def plot_curve(rewards: list[tuple[int, float]], success: list[dict[str, Any]], 
     robots = [k for k in (success[0] if success else {}) if k not in ("step", "seconds")]
     fig, axes = plt.subplots(1, 2 if robots else 1, figsize=(10 if robots else 5.5, 3.6), squeeze=False)
     a = axes[0, 0]
-    steps = [s for s, _ in rewards]
-    a.plot(steps, [v for _, v in rewards], "o-" if len(rewards) < 20 else "-", color="tab:blue", label="mean group reward")
+    steps, values = [s for s, _ in rewards], [v for _, v in rewards]
+    if len(rewards) < 20:
+        a.plot(steps, values, "o-", color="tab:blue", label="mean group reward")
+    else:  # one step's reward is noisy: show it faint, and its running mean over 10 steps
+        a.plot(steps, values, "-", color="tab:blue", alpha=0.3, lw=1, label="mean group reward per step")
+        window = [sum(values[max(0, i - 9) : i + 1]) / len(values[max(0, i - 9) : i + 1]) for i in range(len(values))]
+        a.plot(steps, window, "-", color="tab:blue", lw=2, label="running mean, 10 steps")
+        a.legend(fontsize=8)
     a.xaxis.set_major_locator(MaxNLocator(integer=True))
     a.set_xlabel("GRPO step")
     a.set_ylabel("mean reward")
