@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
-from typing import Any, Sequence
+import traceback
+from pathlib import Path
+from typing import Any, NoReturn, Sequence
 
+from . import __version__
+from .console import choose_threads, describe_error, hub_unreachable_reason, quiet_output, using_threads
 from .errors import EmbodyHubError
 from .recipes import recipe_path as _recipe_path
 
@@ -29,9 +35,9 @@ def _robot_summary(name: str) -> dict[str, Any]:
 
 
 def _cmd_robots_list(args: argparse.Namespace) -> int:
-    from .embodiment import list_robots
+    from .embodiment.registry import list_robots, robot_card
 
-    rows = [_robot_summary(name) for name in list_robots()]
+    rows = [robot_card(name) for name in list_robots()]  # the cards alone: no robot is built, torch is not imported
     if args.json:
         print(json.dumps([{k: r[k] for k in ("name", "dof", "control_hz")} | {"arms": len(r["arms"])} for r in rows], indent=2))
         return 0
@@ -64,8 +70,10 @@ def _cmd_robots_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_urdf_check(args: argparse.Namespace) -> int:
-    from .kinematics import RobotModel
+    from .kinematics.urdf import RobotModel
 
+    if not Path(args.path).is_file():
+        raise EmbodyHubError(f"no URDF file {args.path}" + (" (it is a folder)" if Path(args.path).is_dir() else ""))
     try:
         robot = RobotModel.from_urdf(args.path)
     except EmbodyHubError as exc:
@@ -77,7 +85,7 @@ def _cmd_urdf_check(args: argparse.Namespace) -> int:
     types: dict[str, int] = {}
     for joint in robot.joints.values():
         types[joint.type] = types.get(joint.type, 0) + 1
-    leaves = sorted(set(robot.links) - {j.parent for j in robot.joints.values()})
+    leaves = robot.leaf_links
     summary = {
         "ok": True,
         "path": args.path,
@@ -100,23 +108,48 @@ def _cmd_urdf_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .demo import run_demo
 
-    report = run_demo(Path(args.out), robot=args.robot, smoke=args.smoke, skip=args.skip, recipe=args.recipe)
+    report = run_demo(
+        Path(args.out), robot=args.robot, smoke=args.smoke, skip=args.skip, recipe=args.recipe, verbose=_verbose(args)
+    )
     print(f"report: {report.resolve()}")
     return 0
 
 
-def _model_dir(value: str | None) -> str:
-    """``--model``/``--base``: a folder or Hub id, defaulting to the tiny base shipped in the package."""
+def _model_dir(value: str | None, what: str = "model") -> str:
+    """``--model``/``--base``/``--adapter``: a folder or Hub id (the model defaults to the tiny base shipped in
+    the package). A folder must hold a ``config.json`` (``adapter_config.json`` for an adapter); a Hub id is
+    checked for reachability first, so an offline machine fails at once instead of after retries."""
     from .pretrained import tiny_base
 
-    return value or str(tiny_base())
+    if value is None:
+        return str(tiny_base())
+    marker = "adapter_config.json" if what == "adapter" else "config.json"
+    path = Path(value).expanduser()
+    if path.exists():
+        if not (path / marker).is_file():
+            raise EmbodyHubError(f"{value} is not a saved {what} (no {marker} in it): give the folder `embodyhub "
+                                 f"{'adapt' if what == 'adapter' else 'train'}` wrote, or a Hub id")
+        return str(path)
+    if value.startswith((".", "/", "~")) or value.count("/") > 1:
+        raise EmbodyHubError(f"no {what} folder {value}: check the path")
+    reason = hub_unreachable_reason()
+    if reason is not None:
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(value, marker), str):
+            raise EmbodyHubError(f"{value} is not a folder here and the Hub is unreachable ({reason}), nor is it in the "
+                                 f"local cache: give a local {what} folder, or connect and retry")
+        import huggingface_hub.constants
+
+        # Cached: load it without trying the network (the constant is what huggingface_hub reads once imported).
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+    return value
 
 
-def _report_eval(results: dict[str, Any], out: Any, title: str) -> None:
+def _report_eval(results: dict[str, Any], out: Path, title: str) -> None:
     from .training import plot_results
 
     out.mkdir(parents=True, exist_ok=True)
@@ -132,8 +165,6 @@ def _report_eval(results: dict[str, Any], out: Any, title: str) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .embodiment import load_robot
     from .training import PretrainRecipe, build, evaluate_reach, prepare_data, train
 
@@ -160,8 +191,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_transfer(args: argparse.Namespace, base: str) -> int:
-    from pathlib import Path
-
     from .embodiment import Embodiment
     from .training import AdaptRecipe, plot_results
     from .training.transfer import format_table, transfer_benchmark
@@ -185,16 +214,14 @@ def _cmd_transfer(args: argparse.Namespace, base: str) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    if args.env:
+        return _cmd_sim_eval(args)
+    base = _model_dir(args.model)  # before the heavy imports: a wrong path fails at once
     from transformers import AutoModel, AutoProcessor
 
     from .embodiment import load_robot
     from .training import evaluate_reach
 
-    if args.env:
-        return _cmd_sim_eval(args)
-    base = _model_dir(args.model)
     if args.transfer:
         return _cmd_transfer(args, base)
     model = AutoModel.from_pretrained(base).eval()
@@ -203,7 +230,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     robots = [processor.embodiments[n] if n in processor.embodiments else load_robot(n) for n in names]
     seed = 1234 if args.seed is None else args.seed
     results = evaluate_reach(model, processor, robots, args.episodes, args.max_steps, seed, goal_distance=args.goal_distance)
-    _report_eval(results, Path(args.out), "reach")
+    _report_eval(results, Path(args.out), "closed-loop reach success per robot")
     return 0
 
 
@@ -248,19 +275,18 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 def _embodiment_from_args(args: argparse.Namespace) -> Any:
     """``--robot``: a bundled robot name, a folder with ``embodiment.json``, or a URDF file with ``--arm``."""
-    from pathlib import Path
-
     from .embodiment import Embodiment
     from .kinematics import RobotModel
 
     if not Path(args.robot).is_file():
+        if args.robot.lower().endswith((".urdf", ".xml")):
+            raise EmbodyHubError(f"no URDF file {args.robot}: check the path")
         return Embodiment.from_pretrained(args.robot)
     if not args.arm:
         robot = RobotModel.from_urdf(args.robot)
-        leaves = sorted(set(robot.links) - {j.parent for j in robot.joints.values()})
         raise EmbodyHubError(
             f"{args.robot} is a URDF: say which chains are arms with --arm BASE:TIP "
-            f"(root link '{robot.root_link}'; leaf links: {', '.join(leaves)})"
+            f"(root link '{robot.root_link}'; leaf links: {', '.join(robot.leaf_links)})"
         )
     arms = [tuple(a.split(":", 1)) for a in args.arm]
     if any(len(a) != 2 for a in arms):
@@ -269,20 +295,21 @@ def _embodiment_from_args(args: argparse.Namespace) -> Any:
 
 
 def _cmd_adapt(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    base = _model_dir(args.base)  # the arguments first: a wrong path or link fails before the model loads
+    recipe_file = _recipe_path(args.recipe)
+    if args.data and not Path(args.data).is_dir():
+        raise EmbodyHubError(f"no dataset folder {args.data}: give a LeRobot v3 dataset folder, or leave --data out")
+    emb = _embodiment_from_args(args)
     from transformers import AutoModel, AutoProcessor
 
     from .data import load_dataset
     from .training import AdaptRecipe, adapt, evaluate_reach, prepare_data, save_adapter, trainable_share
     from .training.transfer import folder_bytes
 
-    recipe = AdaptRecipe.from_yaml(_recipe_path(args.recipe), episodes=args.episodes, train_steps=args.steps)
+    recipe = AdaptRecipe.from_yaml(recipe_file, episodes=args.episodes, train_steps=args.steps)
     out = Path(args.out)
-    base = _model_dir(args.base)
     model = AutoModel.from_pretrained(base).eval()
     processor = AutoProcessor.from_pretrained(base)
-    emb = _embodiment_from_args(args)
     if args.data:
         dataset = load_dataset(args.data)
     else:
@@ -312,8 +339,11 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def _cmd_grpo(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    base = _model_dir(args.model)  # the arguments first: a wrong path fails before the model loads
+    adapter = _model_dir(args.adapter, "adapter") if args.adapter else None
+    if not (adapter or args.robot):
+        raise EmbodyHubError("give --robot (or --adapter, whose folder names the robot)")
+    recipe_file = _recipe_path(args.recipe)
     import torch
     from transformers import AutoModel, AutoProcessor
 
@@ -321,23 +351,20 @@ def _cmd_grpo(args: argparse.Namespace) -> int:
     from .training.grpo import GrpoRecipe, run_grpo, trainable_adapter
     from .training.lora import attach_adapter, load_adapter, lora_config
 
-    recipe = GrpoRecipe.from_yaml(_recipe_path(args.recipe), steps=args.steps, time_budget_s=args.time_budget)
-    base = _model_dir(args.model)
+    recipe = GrpoRecipe.from_yaml(recipe_file, steps=args.steps, time_budget_s=args.time_budget)
     model = AutoModel.from_pretrained(base)
     processor = AutoProcessor.from_pretrained(base)
-    if args.adapter:  # the adapter folder carries its robot's card and URDF
-        model, emb = load_adapter(model, args.adapter)
+    if adapter:  # the adapter folder carries its robot's card and URDF
+        model, emb = load_adapter(model, adapter)
         if args.robot and args.robot != emb.name:
             raise EmbodyHubError(f"--robot {args.robot} but the adapter {args.adapter} is for '{emb.name}'")
         trainable_adapter(model)
-    elif not args.robot:
-        raise EmbodyHubError("give --robot (or --adapter, whose folder names the robot)")
     else:
         emb = processor.embodiments[args.robot] if args.robot in processor.embodiments else load_robot(args.robot)
     torch.manual_seed(recipe.seed)  # before a new adapter: peft draws its initial weights from the global generator
     if args.lora and not args.adapter:
         model = attach_adapter(model, emb, lora_config(**recipe.lora))
-    result = run_grpo(model, processor, [emb], recipe, Path(args.out))
+    result = run_grpo(model, processor, [emb], recipe, Path(args.out), verbose=_verbose(args))
     history = result["history"]
     print(f"{'step':>6} {'success':>8} {'seconds':>8}")
     for entry in history:
@@ -347,8 +374,6 @@ def _cmd_grpo(args: argparse.Namespace) -> int:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from huggingface_hub.errors import HfHubHTTPError
 
     from .hub import find_eval, publish, render_card
@@ -365,7 +390,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
             commit_message=args.message, revision=args.revision, dry_run=args.dry_run,
         )
     except HfHubHTTPError.__bases__ as exc:  # the HTTP client's errors and OSError (a dropped connection)
-        print(f"embodyhub: upload to {args.repo} failed ({type(exc).__name__}: {exc}); nothing was committed "
+        print(f"embodyhub: upload to {args.repo} failed ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}); nothing was committed "
               f"and {args.dir} is untouched: run the same command again to retry", file=sys.stderr)
         return 1
     verb = "would upload" if result.dry_run else "uploaded"
@@ -383,11 +408,13 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    base = _model_dir(args.model)  # the arguments first: a wrong path fails before the heavy imports
+    adapter = _model_dir(args.adapter, "adapter") if args.adapter else None
+    recipe_file = _recipe_path(args.recipe)
     from .export.thor import ExportRecipe, build_bundle, load_model
 
-    recipe = ExportRecipe.from_yaml(_recipe_path(args.recipe), precision=args.precision)
-    base = _model_dir(args.model)
-    model, processor, robot = load_model(base, args.adapter)
+    recipe = ExportRecipe.from_yaml(recipe_file, precision=args.precision)
+    model, processor, robot = load_model(base, adapter)
     robots = args.robot or ([robot.name] if robot is not None else None)
     source = {"model": base, "adapter": str(args.adapter) if args.adapter else None}
     manifest = build_bundle(
@@ -413,15 +440,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return _compile_for(args)
     if args.multiprocessors:
         raise EmbodyHubError("--multiprocessors sizes the GPU of --compile-for; give a --compile-for target")
-    rows = bench_bundle(args.bundle, args.repeats)
+    rows = bench_bundle(args.bundle, args.repeats, args.max_seconds)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"bundle {args.bundle}: {manifest['precision']}, hashes verified")
-    print(f"{'robot':<14} {'backend':<26} {'graph ms':>9} {'+decode ms':>11} {'budget ms':>10}")
+    print(f"bundle {args.bundle}: {manifest['precision']}, hashes verified. Milliseconds per action chunk: median of the runs "
+          f"(repeated until it moved < 5% in a round of {args.repeats}), [middle half of the runs]; chunk = graph + native decode")
+    print(f"{'robot':<14} {'backend':<26} {'graph ms':>9} {'graph IQR':>15} {'runs':>5} {'chunk ms':>9} {'chunk IQR':>15} {'runs':>5} {'budget ms':>10}")
     for r in rows:
         flag = "" if r["total_ms"] <= r["budget_ms"] else "  OVER BUDGET"
-        print(f"{r['robot']:<14} {r['backend']:<26} {r['graph_ms']:>9.2f} {r['total_ms']:>11.2f} {r['budget_ms']:>10.1f}{flag}")
+        flag += "" if r["graph_stable"] and r["total_stable"] else f"  (median still moving after {args.max_seconds:g} s: noisy machine)"
+        graph_iqr, chunk_iqr = ("{:.2f}-{:.2f}".format(*r[k]) for k in ("graph_iqr_ms", "total_iqr_ms"))
+        print(f"{r['robot']:<14} {r['backend']:<26} {r['graph_ms']:>9.2f} {graph_iqr:>15} {r['graph_runs']:>5} "
+              f"{r['total_ms']:>9.2f} {chunk_iqr:>15} {r['total_runs']:>5} {r['budget_ms']:>10.1f}{flag}")
     return 0
 
 
@@ -452,24 +483,55 @@ def _compile_for(args: argparse.Namespace) -> int:
     return 0
 
 
+def _threads_arg(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"a positive whole number, got {value!r}")
+    return int(value)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error, and the common options on every (sub)command.
+
+    ``add_subparsers`` builds subcommands with the parent's class, so a new subcommand gets both for free.
+    The common options default to SUPPRESS: a subcommand's default must not overwrite a value given
+    before the subcommand's name (``embodyhub --debug eval ...``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        common = self.add_argument_group("common options")
+        common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
+        common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                            help="trainer logs (TRL's metrics per step) and library deprecation warnings")
+        common.add_argument("--threads", type=_threads_arg, default=argparse.SUPPRESS, metavar="N",
+                            help="torch/OpenMP threads (default: $EMBODYHUB_THREADS, $OMP_NUM_THREADS, else half the CPUs, at most 4)")
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _verbose(args: argparse.Namespace) -> bool:
+    return getattr(args, "verbose", False)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="embodyhub", description="Robot World-Action Models from your URDF.")
+    parser = _Parser(prog="embodyhub", description="Robot World-Action Models from your URDF.")
+    parser.add_argument("--version", action="version", version=f"embodyhub {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     robots = sub.add_parser("robots", help="bundled robots").add_subparsers(dest="robots_command", required=True)
     p = robots.add_parser("list", help="list bundled robots")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_robots_list)
+    p.set_defaults(func=_cmd_robots_list, compute=False)
     p = robots.add_parser("show", help="DoF, chains, limits and canonical slots of one robot")
     p.add_argument("name")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_robots_show)
+    p.set_defaults(func=_cmd_robots_show, compute=False)
 
     urdf = sub.add_parser("urdf", help="URDF tools").add_subparsers(dest="urdf_command", required=True)
     p = urdf.add_parser("check", help="validate a URDF (exit 0 if usable, 1 with the reason if not)")
     p.add_argument("path")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_urdf_check)
+    p.set_defaults(func=_cmd_urdf_check, compute=False)
 
     p = sub.add_parser("train", help="pretrain a tiny WAM from a recipe, then evaluate it")
     p.add_argument("--recipe", default="pretrain_tiny", help="recipe YAML (or a bundled recipe name)")
@@ -550,7 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="latency per chunk of a bundle (onnxruntime on CPU; PyTorch+Triton on a GPU)")
     p.add_argument("--bundle", required=True, help="bundle folder written by `embodyhub export`")
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=20, help="timed runs per round; rounds repeat until the median settles (default 20)")
+    p.add_argument("--max-seconds", type=float, default=10.0, help="stop repeating a timing after this long, settled or not (default 10)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--compile-for", action="append", metavar="ARCH",
                    help="instead of timing: compile the GPU runtime's kernels for this CUDA target (90, sm_110, thor; repeatable) on this machine, "
@@ -571,17 +634,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--message", help="commit message")
     p.add_argument("--revision", help="branch to commit to (default: main)")
     p.add_argument("--dry-run", action="store_true", help="show the file list and the card; upload nothing")
-    p.set_defaults(func=_cmd_push)
+    p.set_defaults(func=_cmd_push, compute=False)
     return parser
 
 
+def _check_out(args: argparse.Namespace) -> None:
+    """Every command's ``--out`` is a folder (created if missing): refuse an existing file before any work."""
+    out = getattr(args, "out", None)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise EmbodyHubError(f"--out {out} is a file, not a folder: give a folder (created if missing)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Every error ends in one line on stderr (what is wrong, what to do) and a non-zero
+    status: 2 for usage errors, 1 for other failures, 130 on Ctrl-C; ``--debug`` adds the traceback."""
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except EmbodyHubError as exc:
-        print(f"embodyhub: error: {exc}", file=sys.stderr)
-        return 2
+        _check_out(args)
+        with contextlib.ExitStack() as stack:
+            if getattr(args, "compute", True):  # not for the quick look-ups (robots, urdf, push)
+                threads, source = choose_threads(getattr(args, "threads", None))
+                stack.enter_context(using_threads(threads))
+                print(f"embodyhub: {threads} torch thread{'s' * (threads > 1)} ({source}; --threads N to change)", file=sys.stderr)
+            stack.enter_context(quiet_output(_verbose(args)))
+            return args.func(args)
+    except KeyboardInterrupt:
+        print("embodyhub: interrupted; finished stages and files are kept: rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the one error path: no traceback unless asked for
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        message, status = describe_error(exc)
+        print(f"embodyhub: error: {message}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

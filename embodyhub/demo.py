@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 from .embodiment import KinematicAdapter, list_robots, load_robot, retarget
 from .errors import EmbodyHubError
 from .recipes import Recipe, recipe_path
-from .training.evaluate import save_figure
+from .training.evaluate import save_figure, success_bars
 
 STAGES = ("kinematics", "base", "adapt", "grpo", "export", "publish")
 
@@ -97,12 +98,12 @@ def kinematics_stage(names: list[str], n_targets: int, seed: int = 0) -> list[Ro
 class Demo:
     """Runs the stages in order; each one reads what the earlier ones wrote under ``out``."""
 
-    def __init__(self, out: Path, recipe: DemoRecipe, skip: set[str]) -> None:
+    def __init__(self, out: Path, recipe: DemoRecipe, skip: set[str], verbose: bool = False) -> None:
         from transformers import AutoProcessor
 
         from .pretrained import tiny_base
 
-        self.out, self.recipe, self.skip = out, recipe, skip
+        self.out, self.recipe, self.skip, self.verbose = out, recipe, skip, verbose
         self.base_dir = tiny_base()
         self.processor = AutoProcessor.from_pretrained(self.base_dir)
         self.robot = load_robot(recipe.robot)
@@ -123,6 +124,7 @@ class Demo:
             self.results[name] = None
             return
         folder.mkdir(parents=True, exist_ok=True)
+        print(f"{tag}: running", flush=True)
         start = time.perf_counter()
         result = fn(folder)
         result["seconds"] = time.perf_counter() - start
@@ -205,11 +207,13 @@ class Demo:
             trainable_adapter(model)
         else:
             model = attach_adapter(self.base_model(), self.robot, lora_config(**recipe.lora))
-        result = run_grpo(model, self.processor, [self.robot], recipe, folder)
+        result = run_grpo(model, self.processor, [self.robot], recipe, folder, verbose=self.verbose)
         adapter = folder / "model" / self.robot.name
         return {
             "adapter": str(adapter.relative_to(folder)),
             "steps": result["trainer"].state.global_step,
+            "planned_steps": recipe.steps,
+            "budget_stop": result["budget_stop"],
             "train_seconds": result["seconds"],
             "num_generations": recipe.num_generations,
             "rewards": result["rewards"],
@@ -292,40 +296,53 @@ def _success_plot(stages: list[tuple[str, dict[str, Any]]], path: Path, robot: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    names = [n for n, _ in stages]
-    values = [100 * e["success_rate"] for _, e in stages]
-    ax.bar(names, values, color="tab:blue")
-    for i, v in enumerate(values):
-        ax.text(i, v + 1, f"{v:.0f}%", ha="center")
-    ax.set_ylim(0, 110)
-    ax.set_ylabel("reach success (%)")
-    ax.set_title(f"{robot}: success after each stage")
+    fig, ax = plt.subplots(figsize=(6.5, 0.6 * len(stages) + 1.6))
+    success_bars(ax, [n for n, _ in stages], [e["success_rate"] for _, e in stages], [e["episodes"] for _, e in stages],
+                 f"{robot}: held-out reach success after each stage")
+    ax.set_ylabel("stage")
     return save_figure(fig, path)
 
 
+LATENCY_LABELS = {
+    "onnxruntime_graph": "ONNX graph (onnxruntime)",
+    "onnxruntime_graph_and_native_decode": "ONNX graph + decode (IK, clamp)",
+    "torch_eager_predict_action": "PyTorch eager predict_action",
+}
+
+
 def _latency_plot(export: dict[str, Any], path: Path) -> Path:
+    """Latency per chunk on a log scale, so a 17 ms bar stays readable next to an 870 ms one and the budget."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(export["latency_ms"]) + 1.8))
     names = list(export["latency_ms"])
-    ax.barh(names, [export["latency_ms"][n] for n in names], color="tab:orange")
-    ax.axvline(export["budget_ms"], color="k", ls="--", label=f"budget {export['budget_ms']:.0f} ms")
-    ax.set_xlabel("ms per action chunk (this machine)")
-    ax.legend()
+    values = [export["latency_ms"][n] for n in names]
+    bars = ax.barh([LATENCY_LABELS.get(n, n.replace("_", " ")) for n in names], values, color="tab:orange")
+    ax.bar_label(bars, labels=[f"{v:.1f} ms" for v in values], padding=4)
+    ax.set_xscale("log")
+    low, high = min(values + [export["budget_ms"]]), max(values + [export["budget_ms"]])
+    ax.set_xlim(low / 2, high * 6)  # room for the labels right of the longest bar
+    ax.invert_yaxis()
+    ax.axvline(export["budget_ms"], color="k", ls="--", label=f"control budget {export['budget_ms']:.0f} ms")
+    ax.set_xlabel("ms per action chunk (log scale)")
+    ax.set_ylabel("path")
+    ax.set_title(f"{export['precision']} bundle latency ({export['latency_device']})")
+    ax.legend(loc="best", fontsize=8)
     return save_figure(fig, path)
 
 
 def render_report(demo: Demo, seconds: float) -> str:
     """Markdown of what this run (and resumed earlier runs) measured."""
     res, robot = demo.results, demo.robot.name
+    threads, load = torch.get_num_threads(), "/".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [
         "# embodyhub demo report",
         "",
-        f"Total {seconds:.0f} s in this invocation (torch {torch.__version__}, {torch.get_num_threads()} threads). "
+        f"Total {seconds:.0f} s in this invocation (torch {torch.__version__}, {threads} thread{'s' * (threads > 1)}; "
+        f"machine load average {load}, over the last 1/5/15 minutes at the end). "
         f"Robot adapted: **{robot}**, held out from the tiny base's pretraining; task: reaches to goals up to "
         f"{demo.recipe.goal_distance} rad per joint from the start (pretraining used 0.3), "
         f"{demo.recipe.eval_episodes} held-out targets, success = 2 cm and 0.1 rad within {demo.recipe.eval_max_steps} steps.",
@@ -364,9 +381,12 @@ def render_report(demo: Demo, seconds: float) -> str:
         g = res["grpo"]
         rewards = [r for _, r in g["rewards"]]
         trend = f"mean group reward {rewards[0]:.2f} at the first step, {rewards[-1]:.2f} at the last" if rewards else "no reward logged"
+        stop = g.get("budget_stop")
+        budget = (f" **Stopped on its time budget ({stop['time_budget_s']:g} s) after {stop['steps']} of "
+                  f"{stop['planned_steps']} planned steps**: the numbers below GRPO come from a shorter run." if stop else "")
         lines += ["## GRPO post-training (TRL)", "",
                   f"{g['steps']} GRPO steps ({g['num_generations']} sampled chunks per observation, reward from executing "
-                  f"each chunk in the reach environment) in {g['train_seconds']:.0f} s; {trend}.",
+                  f"each chunk in the reach environment) in {g['train_seconds']:.0f} s; {trend}.{budget}",
                   "![grpo](grpo/grpo_curve.png)", ""]
     if res.get("export"):
         e = res["export"]
@@ -390,9 +410,14 @@ def render_report(demo: Demo, seconds: float) -> str:
 
 
 def run_demo(
-    out: Path, robot: str | None = None, smoke: bool = False, skip: list[str] | None = None, recipe: str = "demo"
+    out: Path,
+    robot: str | None = None,
+    smoke: bool = False,
+    skip: list[str] | None = None,
+    recipe: str = "demo",
+    verbose: bool = False,
 ) -> Path:
-    """Run (or resume) every stage and write ``out/report.md``; returns its path."""
+    """Run (or resume) every stage and write ``out/report.md``; returns its path. ``verbose`` prints TRL's logs."""
     start = time.perf_counter()
     settings = DemoRecipe.from_yaml(recipe_path(recipe))
     if smoke:
@@ -403,7 +428,7 @@ def run_demo(
     if unknown:
         raise EmbodyHubError(f"unknown stages {sorted(unknown)}; stages are {', '.join(STAGES)}")
     out.mkdir(parents=True, exist_ok=True)
-    demo = Demo(out, settings, set(skip or ()))
+    demo = Demo(out, settings, set(skip or ()), verbose)
     for i, name in enumerate(STAGES, 1):
         demo.run_stage(i, name, getattr(demo, name))
     report = out / "report.md"

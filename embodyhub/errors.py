@@ -27,3 +27,7 @@ class DatasetError(EmbodyHubError, ValueError):
 
 class ConfigError(EmbodyHubError, ValueError):
     """A model configuration is invalid (non-positive sizes, another model type)."""
+
+
+class RecipeError(EmbodyHubError, ValueError):
+    """A recipe file is missing, unreadable, or holds keys its stage does not know."""

@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from embodyhub.errors import RecipeError
+
 
 def recipe_path(path: str) -> str:
     """A recipe file, or the name of a bundled one (``pretrain_tiny``)."""
@@ -16,7 +18,8 @@ def recipe_path(path: str) -> str:
     bundled = Path(str(resources.files(__name__))) / f"{Path(path).stem}.yaml"
     if bundled.is_file():
         return str(bundled)
-    raise FileNotFoundError(f"no recipe file '{path}' and no bundled recipe named '{Path(path).stem}'")
+    bundled_names = sorted(p.stem for p in bundled.parent.glob("*.yaml"))
+    raise RecipeError(f"no recipe file '{path}' and no bundled recipe named '{Path(path).stem}' (bundled: {', '.join(bundled_names)})")
 
 
 class Recipe:
@@ -24,9 +27,14 @@ class Recipe:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> Any:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        if not isinstance(data, dict):
+            raise RecipeError(f"recipe {path} must be a mapping of keys to values, got {type(data).__name__}")
         data.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(data) - set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
         if unknown:
-            raise ValueError(f"unknown recipe keys in {path}: {sorted(unknown)}")
+            raise RecipeError(f"unknown recipe keys in {path}: {sorted(unknown)}")
         return cls(**data)

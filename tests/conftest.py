@@ -22,3 +22,39 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def check_saved_figures(monkeypatch):
+    """Records every matplotlib figure saved during the test; calling the fixture's value checks each one is
+    readable (it opens; every panel has a title, labelled axes and data; every bar carries its value) and
+    returns the paths, so a test can also say which plots it expects."""
+    from pathlib import Path
+
+    from matplotlib.container import BarContainer
+    from matplotlib.figure import Figure
+    from matplotlib.image import imread
+
+    saved: list[tuple[Path, Figure]] = []
+    original = Figure.savefig
+
+    def record(fig, fname, *args, **kwargs):
+        saved.append((Path(fname), fig))
+        return original(fig, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+
+    def check() -> list[Path]:
+        for path, fig in saved:
+            assert imread(path).size > 0, path
+            assert fig.axes, f"{path}: no panel"
+            for ax in fig.axes:
+                where = f"{path}, panel {ax.get_title()!r}"
+                assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel(), f"{where}: title or axis label missing"
+                assert ax.lines or ax.patches or ax.collections or ax.images, f"{where}: empty panel"
+                bars = sum(len(c) for c in ax.containers if isinstance(c, BarContainer))
+                values = [t for t in ax.texts if t.get_text()]
+                assert len(values) >= bars, f"{where}: {bars} bars but {len(values)} values shown"
+        return [path for path, _ in saved]
+
+    return check

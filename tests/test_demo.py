@@ -8,7 +8,7 @@ from embodyhub.cli import main
 from embodyhub.demo import STAGES
 
 
-def test_demo_smoke_runs_every_stage_and_resumes(tmp_path, capsys):
+def test_demo_smoke_runs_every_stage_and_resumes(tmp_path, capsys, check_saved_figures):
     out = tmp_path / "demo"
     assert main(["demo", "--smoke", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -30,6 +30,9 @@ def test_demo_smoke_runs_every_stage_and_resumes(tmp_path, capsys):
     assert all(r["pulled_identical"] for r in results["publish"]["repos"])
     for png in ("success.png", "latency.png", "adapt/eval.png", "grpo/grpo_curve.png"):
         assert (out / png).stat().st_size > 1000, png
+    plotted = {str(p.relative_to(out)) for p in check_saved_figures()}
+    assert plotted == {"success.png", "latency.png", "base/eval.png", "adapt/eval.png", "grpo/eval.png", "grpo/grpo_curve.png",
+                       "export/eval.png"}
 
     # a second run reuses every finished stage and rewrites the same report numbers
     assert main(["demo", "--smoke", "--out", str(out)]) == 0

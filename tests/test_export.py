@@ -290,6 +290,12 @@ def test_bundle_manifest_cli_runtime_and_bench(tmp_path, capsys):
     assert main(["bench", "--bundle", str(out), "--repeats", "2", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["backend"].startswith("onnxruntime") and rows[0]["total_ms"] >= rows[0]["graph_ms"] > 0
+    for timing in ("graph", "total"):  # a median with its spread, over at least two rounds of runs
+        low, high = rows[0][f"{timing}_iqr_ms"]
+        assert low <= rows[0][f"{timing}_ms"] <= high and rows[0][f"{timing}_runs"] >= 2 * (2 if timing == "graph" else 3)
+    assert main(["bench", "--bundle", str(out), "--repeats", "2", "--max-seconds", "1"]) == 0
+    header = capsys.readouterr().out.splitlines()[1].split()
+    assert header[:5] == ["robot", "backend", "graph", "ms", "graph"] and "chunk" in header and "+decode" not in header
 
     (out / "policy_panda.onnx").write_bytes((out / "policy_panda.onnx").read_bytes() + b"\0")
     with pytest.raises(EmbodyHubError, match="manifest hash"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import subprocess
 import sys
@@ -275,7 +276,7 @@ def test_unsupported_sampling_settings_are_refused(setup, tmp_path):
         WamGRPOTrainer(model, [ReachReward(processor)], config(tmp_path, top_p=0.9), reach_prompts([panda], 2), processor)
 
 
-def test_cli_grpo_runs_and_writes_curve(setup, tmp_path):
+def test_cli_grpo_runs_and_writes_curve(setup, tmp_path, check_saved_figures):
     from embodyhub.cli import main
 
     model, processor, panda, _ = setup
@@ -288,9 +289,32 @@ def test_cli_grpo_runs_and_writes_curve(setup, tmp_path):
     )
     assert main(["grpo", "--model", str(tmp_path / "m"), "--robot", "panda", "--recipe", str(recipe), "--out", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "grpo_curve.png").stat().st_size > 1000
+    assert check_saved_figures() == [tmp_path / "o" / "grpo_curve.png"]  # reward and success panels, both readable
     assert AutoModel.from_pretrained(tmp_path / "o" / "model") is not None
     assert main(["grpo", "--model", str(tmp_path / "m"), "--robot", "panda", "--recipe", str(recipe), "--lora", "--out", str(tmp_path / "l")]) == 0
     assert (tmp_path / "l" / "model" / "panda" / "adapter_config.json").is_file()
+
+
+def test_cli_grpo_is_quiet_and_says_when_its_time_budget_stops_it(setup, tmp_path, capsys):
+    from embodyhub.cli import main
+
+    model, processor, _, _ = setup
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("prompts: 4\nrollout_prompts: false\nsteps: 3\nnum_generations: 2\nobservations_per_step: 2\neval_every: 0\n")
+    argv = ["grpo", "--model", str(tmp_path / "m"), "--robot", "panda", "--recipe", str(recipe)]
+    capsys.readouterr()
+    assert main([*argv, "--time-budget", "0", "--out", str(tmp_path / "o")]) == 0
+    captured = capsys.readouterr()
+    assert "stopped on the time budget (0 s) after 1 of 3 planned steps" in captured.out
+    assert "'loss'" not in captured.out + captured.err  # TRL's metrics dict per step: only with --verbose
+    log = json.loads((tmp_path / "o" / "grpo_log.json").read_text())
+    assert log["budget_stop"] == {"time_budget_s": 0.0, "steps": 1, "planned_steps": 3}
+    assert main([*argv, "--verbose", "--steps", "1", "--out", str(tmp_path / "v")]) == 0
+    captured = capsys.readouterr()
+    assert "'loss'" in captured.out + captured.err and "time budget" not in captured.out
+    assert json.loads((tmp_path / "v" / "grpo_log.json").read_text())["budget_stop"] is None
 
 
 DDP_SCRIPT = """
@@ -328,7 +352,7 @@ def test_two_process_cpu_ddp(tmp_path):
     assert AutoModel.from_pretrained(tmp_path / "run" / "model") is not None
 
 
-def test_behaviour_cloning_stops_at_its_time_budget(setup, tmp_path):
+def test_behaviour_cloning_stops_at_its_time_budget(setup, tmp_path, capsys):
     """The BC arm of benchmarks/grpo.py gets the same measured wall-clock as GRPO: ``train`` stops at it."""
     from embodyhub.training import train
     from embodyhub.training.lora import AdaptRecipe
@@ -339,6 +363,7 @@ def test_behaviour_cloning_stops_at_its_time_budget(setup, tmp_path):
     data = prepare_data(recipe, tmp_path / "data", progress=False, robots=[panda], episodes=2)
     log = train(model, processor, data, 10**6, 4, 1e-3, warmup_steps=1, progress=False, time_budget_s=0.0)
     assert len(log) == 2 and log[-1]["step"] == 1  # one step, then the budget is spent
+    assert "stopped on the time budget (0 s) after 1 of 1000000 planned steps" in capsys.readouterr().out
 
 
 def test_run_grpo_resumes_a_killed_run_from_its_last_checkpoint(setup, tmp_path):

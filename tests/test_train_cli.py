@@ -10,7 +10,7 @@ from embodyhub.cli import main
 from embodyhub.data import load_dataset
 
 
-def test_train_then_eval_from_saved_folder(tmp_path, capsys):
+def test_train_then_eval_from_saved_folder(tmp_path, capsys, check_saved_figures):
     recipe = {
         "robots": ["panda", "so100"],
         "held_out": ["ur5"],
@@ -41,3 +41,4 @@ def test_train_then_eval_from_saved_folder(tmp_path, capsys):
     again = tmp_path / "again"
     assert main(["eval", "--model", str(out / "model"), "--robot", "so100", "--episodes", "2", "--max-steps", "4", "--out", str(again)]) == 0
     assert set(json.loads((again / "eval.json").read_text())) == {"so100"}
+    assert check_saved_figures() == [out / "eval.png", again / "eval.png"]

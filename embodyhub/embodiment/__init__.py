@@ -1,10 +1,8 @@
-"""Embodiments derived from URDFs, the canonical action space, and conversions between robots."""
+"""Embodiments derived from URDFs, the canonical action space, and conversions between robots.
 
-from .action_space import CanonicalActionSpace, Slot
-from .adapter import KinematicAdapter
-from .registry import list_robots, load_robot
-from .retarget import retarget
-from .spec import ArmSpec, Embodiment, GripperSpec
+Names load on first use: listing the bundled robots does not import torch."""
+
+from .._lazy import lazy_exports
 
 __all__ = [
     "ArmSpec",
@@ -17,3 +15,18 @@ __all__ = [
     "load_robot",
     "retarget",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "CanonicalActionSpace": ".action_space",
+        "Slot": ".action_space",
+        "KinematicAdapter": ".adapter",
+        "list_robots": ".registry",
+        "load_robot": ".registry",
+        "retarget": ".retarget",
+        "ArmSpec": ".spec",
+        "Embodiment": ".spec",
+        "GripperSpec": ".spec",
+    },
+)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import EmbodimentMismatchError
-from .spec import CARD_NAME, Embodiment
+
+if TYPE_CHECKING:
+    from .spec import Embodiment
+
+# Here rather than in spec.py so that listing robots reads their cards without importing torch.
+CARD_NAME = "embodiment.json"
+URDF_NAME = "robot.urdf"
 
 
 def adapters_root() -> Path:
@@ -28,6 +36,13 @@ def robot_dir(name: str) -> Path:
     raise EmbodimentMismatchError(f"no bundled robot or embodiment folder '{name}'; bundled: {', '.join(list_robots())}")
 
 
+def robot_card(name: str) -> dict[str, Any]:
+    """The embodiment card (``embodiment.json``) of bundled robot ``name``, read without building the robot."""
+    return json.loads((robot_dir(name) / CARD_NAME).read_text())
+
+
 def load_robot(name: str) -> Embodiment:
     """The ``Embodiment`` of bundled robot ``name``."""
+    from .spec import Embodiment
+
     return Embodiment.from_pretrained(robot_dir(name))

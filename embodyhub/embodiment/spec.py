@@ -21,9 +21,7 @@ from torch import Tensor
 from ..errors import EmbodimentMismatchError, URDFError
 from ..kinematics import KinematicChain, RobotModel
 from ..kinematics.chain import finite_range, sample_uniform
-
-CARD_NAME = "embodiment.json"
-URDF_NAME = "robot.urdf"
+from .registry import CARD_NAME, URDF_NAME
 CARD_FORMAT = "embodyhub.embodiment/v1"
 ActionRepresentation = Literal["absolute", "delta", "relative"]
 REPRESENTATIONS = ("absolute", "delta", "relative")

@@ -255,25 +255,35 @@ def compile_bundle(bundle: str | os.PathLike, arch: int, multiprocessors: int | 
     ]
 
 
-def bench_bundle(bundle: str | os.PathLike, repeats: int = 20) -> list[dict[str, Any]]:
+def bench_bundle(bundle: str | os.PathLike, repeats: int = 20, max_seconds: float = 10.0) -> list[dict[str, Any]]:
     """Latency per chunk of every robot in a bundle: onnxruntime on CPU (graph alone, and with the host's
     native decode), plus on a CUDA device the quantized model in PyTorch with the fused Triton kernels
-    (which read the quantized weights directly: no float copy). ``total_ms`` includes the host's native decode."""
+    (which read the quantized weights directly: no float copy). ``total_ms`` includes the host's native decode.
+
+    Each timing repeats in rounds of ``repeats`` runs until its median settles (``thor.stable_ms``, at most
+    ``max_seconds`` each): ``*_ms`` is the median, ``*_iqr_ms`` the quartiles, ``*_runs`` the run count."""
     rows: list[dict[str, Any]] = []
     gpu_model = runtime_model(bundle).cuda() if torch.cuda.is_available() else None
     for entry in json.loads((Path(bundle) / MANIFEST_NAME).read_text())["embodiments"]:
-        rows += _bench_robot(OnnxPolicy(bundle, entry["robot"]), entry["budget_ms"], repeats, gpu_model)
+        rows += _bench_robot(OnnxPolicy(bundle, entry["robot"]), entry["budget_ms"], repeats, max_seconds, gpu_model)
     return rows
 
 
-def _bench_robot(policy: OnnxPolicy, budget_ms: float, repeats: int, gpu_model: Any) -> list[dict[str, Any]]:
-    from .thor import median_ms
+def _timing_columns(prefix: str, timing: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}_ms": timing["median"], f"{prefix}_iqr_ms": [timing["q1"], timing["q3"]],
+            f"{prefix}_runs": timing["runs"], f"{prefix}_stable": timing["stable"]}
+
+
+def _bench_robot(policy: OnnxPolicy, budget_ms: float, repeats: int, max_seconds: float, gpu_model: Any) -> list[dict[str, Any]]:
+    from .thor import stable_ms
 
     q, goal = example_inputs(policy.embodiment, policy.batch_size)
-    graph_ms = median_ms(lambda: policy.run_graph(q, goal), repeats)
-    total_ms = median_ms(lambda: policy(q, goal), max(3, repeats // 4))
     common = {"robot": policy.embodiment.name, "budget_ms": budget_ms}
-    rows = [{**common, "backend": "onnxruntime-cpu-1-thread", "graph_ms": graph_ms, "total_ms": total_ms}]
+    rows = [{
+        **common, "backend": "onnxruntime-cpu-1-thread",
+        **_timing_columns("graph", stable_ms(lambda: policy.run_graph(q, goal), repeats, max_seconds)),
+        **_timing_columns("total", stable_ms(lambda: policy(q, goal), max(3, repeats // 4), max_seconds)),
+    }]
     if gpu_model is not None:
         decoder = GraphedDecoder(gpu_model, policy.processor, policy.embodiment)
 
@@ -281,8 +291,9 @@ def _bench_robot(policy: OnnxPolicy, budget_ms: float, repeats: int, gpu_model: 
             decoder(q, goal)
             torch.cuda.synchronize()
 
-        gpu_ms = median_ms(gpu_chunk, repeats)
-        native_ms = median_ms(lambda: decoder.actions(q, goal), max(3, repeats // 4))
-        backend = f"torch+triton+cuda-graph {torch.cuda.get_device_name()}"
-        rows.append({**common, "backend": backend, "graph_ms": gpu_ms, "total_ms": native_ms})
+        rows.append({
+            **common, "backend": f"torch+triton+cuda-graph {torch.cuda.get_device_name()}",
+            **_timing_columns("graph", stable_ms(gpu_chunk, repeats, max_seconds)),
+            **_timing_columns("total", stable_ms(lambda: decoder.actions(q, goal), max(3, repeats // 4), max_seconds)),
+        })
     return rows

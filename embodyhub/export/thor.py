@@ -89,8 +89,8 @@ def sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def median_ms(fn: Callable[[], Any], repeats: int = 10, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` in milliseconds (after ``warmup`` calls)."""
+def time_ms(fn: Callable[[], Any], repeats: int = 10, warmup: int = 2) -> list[float]:
+    """Wall times of ``repeats`` calls of ``fn()`` in milliseconds (after ``warmup`` untimed calls)."""
     for _ in range(warmup):
         fn()
     samples = []
@@ -98,7 +98,31 @@ def median_ms(fn: Callable[[], Any], repeats: int = 10, warmup: int = 2) -> floa
         start = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
+    return samples
+
+
+def median_ms(fn: Callable[[], Any], repeats: int = 10, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` in milliseconds (after ``warmup`` calls)."""
+    return statistics.median(time_ms(fn, repeats, warmup))
+
+
+def stable_ms(fn: Callable[[], Any], repeats: int = 20, max_seconds: float = 10.0, tolerance: float = 0.05) -> dict[str, Any]:
+    """Time ``fn()`` in rounds of ``repeats`` calls until the median of all runs moves by less than ``tolerance``
+    (relative) from one round to the next, or ``max_seconds`` have passed; at least two rounds.
+
+    Returns ``median``, the quartiles ``q1``/``q3`` (the middle half of the runs), ``runs`` and ``stable``
+    (False when the time ran out first: the spread is then the honest part of the answer)."""
+    samples = time_ms(fn, repeats)
+    start, previous = time.perf_counter(), statistics.median(samples)
+    while True:
+        samples += time_ms(fn, repeats, warmup=0)
+        median = statistics.median(samples)
+        stable = abs(median - previous) <= tolerance * previous
+        if stable or time.perf_counter() - start >= max_seconds:
+            break
+        previous = median
+    q1, _, q3 = statistics.quantiles(samples, n=4)
+    return {"median": median, "q1": q1, "q3": q3, "runs": len(samples), "stable": stable}
 
 
 def load_model(model_dir: str | os.PathLike, adapter_dir: str | os.PathLike | None = None) -> tuple[WamForActionPrediction, WamProcessor, Embodiment | None]:
@@ -285,6 +309,8 @@ def verify_bundle(folder: str | os.PathLike) -> dict[str, Any]:
 
     folder = Path(folder)
     root = folder.resolve()
+    if not (folder / MANIFEST_NAME).is_file():
+        raise EmbodyHubError(f"{folder} is not an export bundle (no {MANIFEST_NAME} in it): give a folder `embodyhub export` wrote")
     try:
         manifest = json.loads((folder / MANIFEST_NAME).read_text())
         listed = manifest["files"]

@@ -102,6 +102,11 @@ class RobotModel:
         """The joint whose child is ``link`` (None for the root)."""
         return self._parent_of.get(link)
 
+    @property
+    def leaf_links(self) -> list[str]:
+        """Links that no joint leaves from (tips of the tree), sorted."""
+        return sorted(set(self.links) - {j.parent for j in self.joints.values()})
+
     def children(self, link: str) -> list[Joint]:
         """Joints whose parent is ``link``."""
         return [j for j in self.joints.values() if j.parent == link]
@@ -112,7 +117,10 @@ class RobotModel:
 
         for link in (base_link, tip_link):
             if link not in self.links:
-                raise KinematicsError(f"link '{link}' is not in robot '{self.name}'")
+                raise KinematicsError(
+                    f"link '{link}' is not in robot '{self.name}' (root link '{self.root_link}'; "
+                    f"leaf links: {', '.join(self.leaf_links)})"
+                )
         joints: list[Joint] = []
         link = tip_link
         while link != base_link:

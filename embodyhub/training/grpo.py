@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import is_peft_model
 from torch import Tensor
-from transformers import PreTrainedTokenizer, PrinterCallback, TrainerCallback
+from transformers import PreTrainedTokenizer, PrinterCallback, ProgressCallback, TrainerCallback
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOConfig, GRPOTrainer
@@ -454,10 +454,18 @@ def reach_prompts(
     return Dataset.from_list([{"prompt": r} for r in rows])
 
 
+class _BarOnly(ProgressCallback):
+    """transformers' progress bar (steps, ETA) without its logs: TRL's metrics dict per step is for ``verbose``."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        return None
+
+
 class _EvalCallback(TrainerCallback):
     """Closed-loop reach success every ``every`` steps (main process), a wall-clock budget, and a progress line.
 
-    The clock starts at ``start`` (so collecting prompts counts) and leaves out the evaluations."""
+    The clock starts at ``start`` (so collecting prompts counts) and leaves out the evaluations. Stopping on
+    the budget is said on the console and kept in ``budget_stop`` (the run then has fewer steps than planned)."""
 
     def __init__(
         self, trainer_ref: list, embodiments: list[Embodiment], recipe: GrpoRecipe, progress: bool, start: float,
@@ -468,6 +476,7 @@ class _EvalCallback(TrainerCallback):
         self.trainer_ref, self.embodiments, self.recipe, self.progress = trainer_ref, embodiments, recipe, progress
         self.history: list[dict[str, Any]] = list((resumed or {}).get("history", []))
         self.start, self.eval_seconds, self.carried = start, 0.0, float((resumed or {}).get("seconds", 0.0))
+        self.budget_stop: dict[str, Any] | None = None
 
     def seconds(self) -> float:
         """Training wall-clock so far, evaluations excluded (a resumed run's earlier seconds included)."""
@@ -493,8 +502,12 @@ class _EvalCallback(TrainerCallback):
             print(f"[grpo] step {step}: closed-loop reach success {rates} ({entry['seconds']:.0f} s)", flush=True)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        if self.recipe.time_budget_s is not None and self.seconds() >= self.recipe.time_budget_s:
+        budget = self.recipe.time_budget_s
+        if budget is not None and self.seconds() >= budget and state.global_step < state.max_steps:
             control.should_training_stop = True
+            self.budget_stop = {"time_budget_s": budget, "steps": state.global_step, "planned_steps": state.max_steps}
+            print(f"[grpo] stopped on the time budget ({budget:g} s) after {state.global_step} of {state.max_steps} "
+                  "planned steps: results are from a shorter run than the recipe asks", flush=True)
         every = self.recipe.eval_every
         if state.is_world_process_zero and every and (state.global_step % every == 0 or control.should_training_stop):
             self.evaluate(state.global_step)
@@ -529,21 +542,31 @@ def plot_curve(rewards: list[tuple[int, float]], success: list[dict[str, Any]], 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-    if rewards:
-        a.plot([s for s, _ in rewards], [v for _, v in rewards], color="tab:blue")
+    robots = [k for k in (success[0] if success else {}) if k not in ("step", "seconds")]
+    fig, axes = plt.subplots(1, 2 if robots else 1, figsize=(10 if robots else 5.5, 3.6), squeeze=False)
+    a = axes[0, 0]
+    steps, values = [s for s, _ in rewards], [v for _, v in rewards]
+    if len(rewards) < 20:
+        a.plot(steps, values, "o-", color="tab:blue", label="mean group reward")
+    else:  # one step's reward is noisy: show it faint, and its running mean over 10 steps
+        a.plot(steps, values, "-", color="tab:blue", alpha=0.3, lw=1, label="mean group reward per step")
+        window = [sum(values[max(0, i - 9) : i + 1]) / len(values[max(0, i - 9) : i + 1]) for i in range(len(values))]
+        a.plot(steps, window, "-", color="tab:blue", lw=2, label="running mean, 10 steps")
+        a.legend(fontsize=8)
+    a.xaxis.set_major_locator(MaxNLocator(integer=True))
     a.set_xlabel("GRPO step")
     a.set_ylabel("mean reward")
-    a.set_title(f"{title}: reward")
-    robots = [k for k in (success[0] if success else {}) if k not in ("step", "seconds")]
-    for name in robots:
-        b.plot([e["step"] for e in success], [100 * e[name] for e in success], "o-", label=name)
-    b.set_ylim(0, 100)
-    b.set_xlabel("GRPO step")
-    b.set_ylabel("closed-loop success (%)")
-    b.set_title(f"{title}: held-out reach")
-    if robots:
+    a.set_title(f"{title}: reward per step" if rewards else f"{title}: no reward logged")
+    if robots:  # a second panel only when evaluations ran (eval_every > 0)
+        b = axes[0, 1]
+        for name in robots:
+            b.plot([e["step"] for e in success], [100 * e[name] for e in success], "o-", label=name)
+        b.set_ylim(0, 105)
+        b.set_xlabel("GRPO step")
+        b.set_ylabel("closed-loop success (%)")
+        b.set_title(f"{title}: held-out reach")
         b.legend()
     return save_figure(fig, path)
 
@@ -590,6 +613,7 @@ def run_grpo(
     progress: bool = True,
     save: bool = True,
     resume: bool = True,
+    verbose: bool = False,
     **config_overrides: Any,
 ) -> dict[str, Any]:
     """GRPO on closed-loop reach for ``embodiments``: prompts, rewards, trainer, periodic evaluation, curve PNG.
@@ -602,7 +626,8 @@ def run_grpo(
 
     Returns ``{"history": [...], "rewards": [(step, mean reward)], "trainer": ..., "seconds": ...}`` where
     ``seconds`` is the training wall-clock (prompt collection included, evaluations excluded) that
-    ``recipe.time_budget_s`` bounds;
+    ``recipe.time_budget_s`` bounds, and ``budget_stop`` (None, or the steps done when the budget stopped the run);
+    ``progress`` shows a progress bar and evaluation lines, ``verbose`` also TRL's metrics each step;
     with ``save`` writes ``out/model`` (or the adapter folder), ``out/grpo_log.json`` and ``out/grpo_curve.png``."""
     start = time.perf_counter()
     out = Path(out)
@@ -625,6 +650,9 @@ def run_grpo(
     holder.append(trainer)
     if not progress:
         trainer.remove_callback(PrinterCallback)
+    elif not verbose:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(_BarOnly)
     if recipe.eval_every and trainer.accelerator.is_main_process and not checkpoint:
         callback.evaluate(0)
     if checkpoint and progress:
@@ -637,9 +665,10 @@ def run_grpo(
     if callback.history and callback.history[-1]["step"] != trainer.state.global_step and trainer.accelerator.is_main_process:
         callback.evaluate(trainer.state.global_step)
     reward_curve = [(e["step"], e["reward"]) for e in trainer.state.log_history if "reward" in e]
-    result = {"history": callback.history, "rewards": reward_curve, "trainer": trainer, "seconds": seconds}
+    log = {"history": callback.history, "rewards": reward_curve, "seconds": seconds, "budget_stop": callback.budget_stop}
+    result = {**log, "trainer": trainer}
     if save and trainer.accelerator.is_main_process:
         trainer.save_model(str(out / "model"))
-        (out / "grpo_log.json").write_text(json.dumps({"history": callback.history, "rewards": reward_curve, "seconds": seconds}, indent=2))
+        (out / "grpo_log.json").write_text(json.dumps(log, indent=2))
         result["curve"] = plot_curve(reward_curve, callback.history, out / "grpo_curve.png", f"GRPO ({', '.join(by_name)})")
     return result

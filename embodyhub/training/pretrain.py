@@ -121,7 +121,7 @@ def train(
 
     ``parameters`` defaults to every parameter that requires grad (a LoRA-wrapped model: the
     adapter); ``episodes`` keeps only the first episodes of each dataset; ``time_budget_s`` stops
-    after that many seconds of training (the schedule still spans ``steps``).
+    after that many seconds of training (the schedule still spans ``steps``), and says so.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -159,7 +159,8 @@ def train(
         log.append(entry)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{entry['loss']:.3f}", act=f"{entry['action_loss']:.3f}")
-        if time_budget_s is not None and time.perf_counter() - start >= time_budget_s:
+        if time_budget_s is not None and time.perf_counter() - start >= time_budget_s and step + 1 < steps:
+            print(f"train: stopped on the time budget ({time_budget_s:g} s) after {step + 1} of {steps} planned steps")
             break
     model.eval()
     log.append({"step": len(log), "seconds": time.perf_counter() - start})
