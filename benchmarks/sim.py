@@ -7,8 +7,11 @@
    configurations per arm (max position error in m, max rotation error in rad).
 2. Scripted experts in joint-position mode through embodyhub's IK, and the same expert through
    robosuite's OSC_POSE (the peer): success over evaluation seeds, mean steps, CPU-s per episode.
-3. Throughput, side by side in one run: env-only steps per CPU-second (holding the joint target)
-   and closed-loop steps per CPU-second (expert + IK + env).
+3. Throughput, side by side in one run: env-only steps per CPU-second (holding the joint target),
+   closed-loop steps per CPU-second with the expert (expert + IK + env), and with the current model
+   (the shipped tiny base: processor + predict_action + adapter decode + env), re-planning every step
+   and executing whole chunks.
+   The tiny base was trained on kinematic reach, so here it only measures cost, not skill.
 """
 
 from __future__ import annotations
@@ -65,11 +68,16 @@ def expert_table(robots: list[str], tasks: list[str], episodes: int, controls: l
 
 
 def throughput_table(robots: list[str], steps: int) -> None:
-    from embodyhub.envs.sim import Expert, SimEnv
+    from transformers import AutoModel, AutoProcessor
 
-    print(f"\n## Throughput on Lift, {steps} steps each, one process\n")
-    print(f"| {'robot':<8} | {'env-only steps/CPU-s':>20} | {'closed-loop steps/CPU-s':>23} | {'ratio':>5} |")
-    print(f"|{'-' * 10}|{'-' * 22}|{'-' * 25}|{'-' * 7}|")
+    from embodyhub.envs.sim import Expert, SimEnv
+    from embodyhub.pretrained import tiny_base
+
+    model = AutoModel.from_pretrained(tiny_base()).eval()
+    processor = AutoProcessor.from_pretrained(tiny_base())
+    print(f"\n## Throughput on Lift, {steps} steps each, one process, 1 torch thread\n")
+    print(f"| {'robot':<8} | {'env-only':>8} | {'expert loop':>11} | {'WAM, re-plan each step':>22} | {'WAM, whole chunks':>17} |")
+    print(f"|{'-' * 10}|{'-' * 10}|{'-' * 13}|{'-' * 24}|{'-' * 19}|")
     for name in robots:
         env = SimEnv("lift", name)
         env.reset(2_000_000)
@@ -87,7 +95,27 @@ def throughput_table(robots: list[str], steps: int) -> None:
                 env.step_canonical(expert.act())
                 done += 1
         closed = steps / (time.process_time() - start)
-        print(f"| {name:<8} | {env_only:>20.0f} | {closed:>23.0f} | {closed / env_only:>5.2f} |")
+        wam = [_wam_rate(env, model, processor, steps, execute) for execute in (1, None)]
+        print(f"| {name:<8} | {env_only:>8.0f} | {closed:>11.0f} | {wam[0]:>22.0f} | {wam[1]:>17.0f} |")
+    print("\nsteps per CPU-second; the control rate is 20 Hz")
+
+
+def _wam_rate(env, model, processor, steps: int, execute: int | None) -> float:
+    """Closed-loop steps per CPU-second of the model holding the start pose, executing ``execute`` steps per chunk."""
+    from embodyhub.envs import goal_vector
+
+    env.reset(2_000_000)
+    goal = goal_vector(torch.as_tensor(env.ee_pose(), dtype=torch.float32)[None, None])
+    done = 0
+    start = time.process_time()
+    with torch.inference_mode():
+        while done < steps:
+            state = torch.as_tensor(env.joint_state(), dtype=torch.float32)[None]
+            chunk = model.predict_action(**processor({"state": state, "goal": goal}, env.embodiment))
+            for q in chunk[0, :execute][: steps - done]:
+                env.step(q)
+                done += 1
+    return steps / (time.process_time() - start)
 
 
 def main() -> None:

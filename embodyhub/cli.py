@@ -251,16 +251,18 @@ def _cmd_sim_eval(args: argparse.Namespace) -> int:
     for name in args.robot:
         sim_robot(name)
     seed = EVAL_SEED_BASE if args.seed is None else args.seed
-    rows = [evaluate_expert(task, robot, args.episodes, seed, args.workers, control=args.control)
-            for robot in args.robot for task in tasks]
     out = Path(args.out)
+    rows = [evaluate_expert(task, robot, args.episodes, seed, args.workers, control=args.control,
+                            videos=args.video, video_dir=out / "videos")
+            for robot in args.robot for task in tasks]
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(rows, indent=2) + "\n")
     png = plot_success(rows, out / "eval.png", f"expert success ({args.control} control, {args.episodes} episodes each)")
     print(f"{'robot':<10} {'task':<6} {'success':>8} {'mean steps':>11} {'CPU-s/ep':>9}")
     for r in rows:
         print(f"{r['robot']:<10} {r['task']:<6} {r['success_rate']:>8.0%} {r['mean_steps']:>11.1f} {r['cpu_s_per_episode']:>9.2f}")
-    print(f"eval: {out / 'eval.json'} and {png}")
+    videos = [v for r in rows for v in r["videos"]]
+    print(f"eval: {out / 'eval.json'} and {png}" + (f"; {len(videos)} rollout videos in {out / 'videos'}" if videos else ""))
     return 0
 
 
@@ -569,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", default="joint", choices=["joint", "osc"],
                    help="with --env: joint targets through embodyhub's IK, or robosuite's OSC")
     p.add_argument("--workers", type=int, default=1, help="with --env: simulator worker processes")
+    p.add_argument("--video", type=int, default=0, metavar="K", help="with --env: record the first K episodes per robot and task as GIFs")
     p.add_argument("--out", default="embodyhub-eval")
     p.set_defaults(func=_cmd_eval)
 

@@ -228,3 +228,18 @@ def test_cli_errors_name_the_valid_envs_and_robots(capsys) -> None:
     assert main(["eval", "--env", "lift", "--robot", "baxter2"]) != 0
     assert "panda, iiwa" in capsys.readouterr().err
 
+
+
+def test_eval_videos_are_playable_gifs_of_the_same_episodes(tmp_path) -> None:
+    from PIL import Image
+
+    from embodyhub.envs.sim import evaluate_expert
+
+    plain = evaluate_expert("lift", "panda", 2, progress=False)
+    recorded = evaluate_expert("lift", "panda", 2, progress=False, videos=1, video_dir=tmp_path)
+    assert recorded["per_episode"] == plain["per_episode"] and recorded["mean_steps"] == plain["mean_steps"]
+    assert len(recorded["videos"]) == 1
+    with Image.open(recorded["videos"][0]) as gif:
+        assert gif.format == "GIF" and gif.n_frames > 10
+        gif.seek(gif.n_frames - 1)
+        assert gif.size == (160, 160) and len(np.unique(np.asarray(gif.convert("RGB")).reshape(-1, 3), axis=0)) > 50  # a rendered scene, not a blank

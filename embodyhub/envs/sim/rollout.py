@@ -23,19 +23,22 @@ import numpy as np
 from ...errors import DatasetError
 
 EVAL_SEED_BASE = 1_000_000
+VIDEO_SIZE = 160  # pixels (square) of evaluation rollout videos
 _STAGING = ".staging"
 _MAX_ATTEMPTS_PER_EPISODE = 3  # collection gives up when the expert fails this often
 
 _worker_envs: dict[tuple, Any] = {}
 
 
-def _env(task: str, robot: str, gripper: str | None, camera: str | None, image_size: int, control: str) -> Any:
+def _env(task: str, robot: str, gripper: str | None, camera: str | None, image_size: int, control: str,
+         visual_meshes: bool = False) -> Any:
     """This process's ``SimEnv`` for the arguments (made once per process and reused)."""
     from .env import SimEnv
 
-    key = (task, robot, gripper, camera, image_size, control)
+    key = (task, robot, gripper, camera, image_size, control, visual_meshes)
     if key not in _worker_envs:
-        _worker_envs[key] = SimEnv(task, robot, gripper=gripper, camera=camera, image_size=image_size, control=control)  # type: ignore[arg-type]
+        _worker_envs[key] = SimEnv(task, robot, gripper=gripper, camera=camera, image_size=image_size,  # type: ignore[arg-type]
+                                   control=control, visual_meshes=visual_meshes)
     return _worker_envs[key]
 
 
@@ -48,11 +51,15 @@ def _init_worker() -> None:
 def _expert_job(args: tuple) -> tuple[int, dict[str, Any]]:
     from .experts import run_expert_episode
 
-    task, robot, gripper, camera, image_size, control, seed = args
-    env = _env(task, robot, gripper, camera, image_size, control)
+    task, robot, gripper, camera, image_size, control, seed, video = args
+    env = _env(task, robot, gripper, camera, image_size, control, visual_meshes=video is not None)
     start = time.process_time()
     out = run_expert_episode(env, seed)
     out["cpu_s"] = time.process_time() - start
+    if video is not None:
+        key = f"observation.images.{camera}"
+        write_gif([f[key] for f in out["frames"]], video, env.embodiment.control_hz)
+        out["frames"] = []
     return seed, out
 
 
@@ -131,7 +138,7 @@ def collect(
                 seed += 1
             if not seeds:
                 raise DatasetError(f"{task}/{emb.name}: the expert succeeded in only {len(kept)} of {limit} attempts")
-            jobs = [(task, robot, gripper, None, 84, "joint", s) for s in seeds]
+            jobs = [(task, robot, gripper, None, 84, "joint", s, None) for s in seeds]
             for s, result in _run(jobs, min(workers, len(jobs))):
                 tried.add(s)
                 if not result["success"]:
@@ -159,6 +166,16 @@ def collect(
     return out
 
 
+def write_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: float) -> Path:
+    """Frames (uint8 HWC) as a looping GIF at ``fps`` (Pillow; plays in browsers and Markdown viewers)."""
+    from PIL import Image
+
+    images = [Image.fromarray(np.asarray(f)) for f in frames]
+    path = Path(path)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(round(1000 / fps)), loop=0)
+    return path
+
+
 def evaluate_expert(
     task: str,
     robot: str,
@@ -168,9 +185,21 @@ def evaluate_expert(
     gripper: str | None = None,
     control: str = "joint",
     progress: bool = True,
+    videos: int = 0,
+    video_dir: str | os.PathLike | None = None,
+    camera: str = "sideview",
 ) -> dict[str, Any]:
-    """Closed-loop success of the scripted expert on evaluation seeds ``seed .. seed + episodes - 1``."""
-    jobs = [(task.lower(), robot, gripper, None, 84, control, seed + i) for i in range(episodes)]
+    """Closed-loop success of the scripted expert on evaluation seeds ``seed .. seed + episodes - 1``; the first
+    ``videos`` episodes are also rendered from ``camera`` (full visual meshes) as GIFs in ``video_dir``.
+    Rendering does not touch the physics, so recorded episodes score as unrecorded ones."""
+    jobs: list[tuple] = [(task.lower(), robot, gripper, None, 84, control, seed + i, None) for i in range(episodes)]
+    if videos:
+        if video_dir is None:
+            raise DatasetError("videos need a video_dir")
+        Path(video_dir).mkdir(parents=True, exist_ok=True)
+        for i in range(min(videos, episodes)):
+            jobs[i] = (task.lower(), robot, gripper, camera, VIDEO_SIZE, control, seed + i,
+                       Path(video_dir) / f"{robot.lower()}-{task.lower()}-{control}-seed{seed + i}.gif")
     results: dict[int, dict[str, Any]] = {}
     bar = _progress(episodes, f"eval {task}/{robot} ({control})", progress)
     for s, out in _run(jobs, min(workers, episodes)):
@@ -185,4 +214,5 @@ def evaluate_expert(
         "mean_steps": float(np.mean([r["steps"] for r in ordered])),
         "cpu_s_per_episode": float(np.mean([r["cpu_s"] for r in ordered])),
         "per_episode": [r["success"] for r in ordered],
+        "videos": [str(j[7]) for j in jobs if j[7] is not None],
     }
