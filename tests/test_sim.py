@@ -243,3 +243,19 @@ def test_eval_videos_are_playable_gifs_of_the_same_episodes(tmp_path) -> None:
         assert gif.format == "GIF" and gif.n_frames > 10
         gif.seek(gif.n_frames - 1)
         assert gif.size == (160, 160) and len(np.unique(np.asarray(gif.convert("RGB")).reshape(-1, 3), axis=0)) > 50  # a rendered scene, not a blank
+
+
+def test_a_missing_rendering_backend_is_one_line(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MUJOCO_GL": "osmesa"}
+    probe = subprocess.run([sys.executable, "-c", "import mujoco"], env=env, capture_output=True)
+    if probe.returncode == 0:
+        pytest.skip("this machine has OSMesa")
+    run = subprocess.run([sys.executable, "-m", "embodyhub.cli", "eval", "--env", "lift", "--robot", "panda",
+                          "--episodes", "1", "--out", str(tmp_path)], env=env, capture_output=True, text=True)
+    errors = [line for line in run.stderr.splitlines() if "error" in line]
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert len(errors) == 1 and "MUJOCO_GL=osmesa" in errors[0] and "MUJOCO_GL=egl" in errors[0]

@@ -34,6 +34,11 @@ def import_robosuite() -> Any:
         import mujoco
     except ImportError:
         raise SimulatorError(f"the simulator needs MuJoCo {MUJOCO_VERSION}: {INSTALL_HINT}") from None
+    except (AttributeError, OSError, RuntimeError) as exc:  # MUJOCO_GL names a backend whose library is missing
+        raise SimulatorError(
+            f"MuJoCo cannot load its MUJOCO_GL={os.environ['MUJOCO_GL']} rendering backend ({exc}); "
+            "use MUJOCO_GL=egl (Mesa EGL) or install that backend"
+        ) from None
     if mujoco.__version__ != MUJOCO_VERSION:
         raise SimulatorError(
             f"robosuite {ROBOSUITE_VERSION} needs mujoco=={MUJOCO_VERSION}, found {mujoco.__version__}: "
