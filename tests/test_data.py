@@ -287,3 +287,21 @@ def test_image_features_are_checked(tmp_path):
     with pytest.raises(DatasetError, match=r"\[10, 7, 3\] does not match the feature shape \[12, 7, 3\]"):
         load_dataset(root)
 
+
+def test_reads_a_dataset_written_by_lerobot():
+    """tests/data/lerobot_v30_images was written by lerobot 0.6.1's own LeRobotDataset.create / add_frame /
+    save_episode (benchmarks/lerobot_compat.py --fixture); expected.npz holds the values given to add_frame."""
+    from pathlib import Path
+
+    root = Path(__file__).parent / "data" / "lerobot_v30_images"
+    ds = load_dataset(root)
+    key = "observation.images.agentview"
+    assert (ds.num_episodes, len(ds), ds.fps, ds.info["robot_type"]) == (2, 6, 20, "panda")
+    assert ds.stats[key]["mean"].shape == (3, 1, 1)
+    with np.load(root / "expected.npz") as expected:
+        for i in range(len(ds)):
+            frame = ds[i]
+            assert frame["task"] == expected["task"][i]
+            assert torch.equal(frame[key], torch.from_numpy(expected[key][i]).permute(2, 0, 1).float() / 255)
+            for k in ("observation.state", "action", "observation.environment_state"):
+                assert torch.equal(frame[k], torch.from_numpy(expected[k][i]))
