@@ -270,7 +270,8 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     from .envs.sim import collect
 
     tasks = [t.strip() for t in args.env.split(",")]
-    out = collect(tasks, args.robot, args.episodes, args.out, workers=args.workers, gripper=args.gripper)
+    out = collect(tasks, args.robot, args.episodes, args.out, workers=args.workers, gripper=args.gripper,
+                  camera=args.camera, image_size=args.image_size, visual_meshes=args.visual_meshes)
     print(f"dataset: {out}")
     return 0
 
@@ -580,8 +581,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--robot", required=True, help="simulator arm: panda, iiwa, ur5e, kinova3, xarm7, jaco")
     p.add_argument("--gripper", help="robosuite gripper (default: the arm's usual one)")
     p.add_argument("--episodes", type=int, default=50, help="successful episodes per task")
+    p.add_argument("--camera", help="also record this robosuite camera's frames, e.g. agentview (PNG image features)")
+    p.add_argument("--image-size", type=int, default=84, help="with --camera: frame height and width in pixels")
+    p.add_argument("--visual-meshes", action="store_true",
+                   help="with --camera: render the full visual meshes (about 20x slower than the default collision geoms)")
     p.add_argument("--workers", type=int, default=1, help="simulator worker processes")
-    p.add_argument("--out", required=True, help="dataset folder (resumes an interrupted run of the same robot)")
+    p.add_argument("--out", required=True, help="dataset folder (resumes an interrupted run of the same robot and camera)")
     p.set_defaults(func=_cmd_collect)
 
     p = sub.add_parser("grpo", help="GRPO post-training on closed-loop reach (TRL), with periodic evaluation")

@@ -222,3 +222,86 @@ def test_fps_must_be_finite_and_data_path_stays_inside_the_dataset(tmp_path):
         (root / "meta/info.json").write_text(json.dumps({**info, "data_path": data_path}))
         with pytest.raises(DatasetError, match="leads outside the dataset"):
             load_dataset(root)
+
+
+def image_episodes(lengths=(4, 6), size=(10, 7), seed=1):
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "observation.state": rng.normal(size=(n, 2)).astype(np.float32),
+            "observation.images.front": rng.integers(0, 256, (n, *size, 3), dtype=np.uint8),
+            "task": "look",
+        }
+        for n in lengths
+    ]
+
+
+def test_image_features_round_trip_exactly_with_lerobots_layout_and_stats(tmp_path):
+    episodes = image_episodes()
+    # tiny data files: each episode lands in its own file
+    root = write_dataset(tmp_path / "img", episodes, fps=10, robot_type="toy", data_files_size_in_mb=1e-4)
+    ds = load_dataset(root)
+    key = "observation.images.front"
+    assert ds.info["features"][key] == {"dtype": "image", "shape": [10, 7, 3], "names": ["height", "width", "channels"]}
+    assert len(list((root / "data").rglob("*.parquet"))) == 2
+    for k, src in enumerate(episodes):
+        ep = ds.episode(k)
+        expected = torch.from_numpy(src[key]).permute(0, 3, 1, 2).float() / 255  # LeRobot's float32 CHW in [0, 1]
+        assert ep[key].dtype == torch.float32 and torch.equal(ep[key], expected)
+        assert torch.equal((ep[key] * 255).round().to(torch.uint8).permute(0, 2, 3, 1), torch.from_numpy(src[key]))
+    assert torch.equal(ds[5][key], ds.episode(1)[key][1]) and ds[5][key].shape == (3, 10, 7)
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
+    assert batch[key].shape == (4, 3, 10, 7)
+
+    column = pq.read_table(root / "data/chunk-000/file-000.parquet")[key]  # Hugging Face Image struct of PNG bytes
+    assert column.type.names == ["bytes", "path"] and column[0]["bytes"].as_py().startswith(b"\x89PNG")
+
+    pixels = np.concatenate([e[key] for e in episodes]).reshape(-1, 3) / 255.0
+    stats = ds.stats[key]
+    assert stats["mean"].shape == (3, 1, 1) and stats["count"].tolist() == [10]
+    for name, reference in [("min", pixels.min(0)), ("max", pixels.max(0)), ("mean", pixels.mean(0)), ("std", pixels.std(0)),
+                            ("q01", np.quantile(pixels, 0.01, 0)), ("q50", np.quantile(pixels, 0.5, 0)),
+                            ("q99", np.quantile(pixels, 0.99, 0))]:
+        assert np.allclose(stats[name].numpy()[:, 0, 0], reference, rtol=0, atol=1e-12), name
+    first = episodes[0][key].reshape(-1, 3) / 255.0
+    assert np.allclose(np.asarray(ds.episodes[0][f"stats/{key}/q90"])[:, 0, 0], np.quantile(first, 0.9, 0), atol=1e-12)
+
+
+def test_image_features_are_checked(tmp_path):
+    good = image_episodes((2,))
+    key = "observation.images.front"
+    with pytest.raises(DatasetError, match="images must be uint8"):
+        write_dataset(tmp_path / "bad", [{**good[0], key: good[0][key].astype(np.float32)}], 10, None)
+    with pytest.raises(DatasetError, match=r"images \[10, 7, 3\]; feature shape is \[7, 10, 3\]"):
+        write_dataset(tmp_path / "bad", good, 10, None, features={
+            key: {"dtype": "image", "shape": [7, 10, 3]}, "observation.state": {"dtype": "float32", "shape": [2]}})
+
+    root = write_dataset(tmp_path / "ok", good, 10, None)
+    info = json.loads((root / "meta/info.json").read_text())
+    video = {**info["features"][key], "dtype": "video"}
+    (root / "meta/info.json").write_text(json.dumps({**info, "features": {**info["features"], key: video}}))
+    with pytest.raises(DatasetError, match="video features are not supported"):
+        load_dataset(root)
+    wrong = {**info["features"][key], "shape": [12, 7, 3]}
+    (root / "meta/info.json").write_text(json.dumps({**info, "features": {**info["features"], key: wrong}}))
+    with pytest.raises(DatasetError, match=r"\[10, 7, 3\] does not match the feature shape \[12, 7, 3\]"):
+        load_dataset(root)
+
+
+def test_reads_a_dataset_written_by_lerobot():
+    """tests/data/lerobot_v30_images was written by lerobot 0.6.1's own LeRobotDataset.create / add_frame /
+    save_episode (benchmarks/lerobot_compat.py --fixture); expected.npz holds the values given to add_frame."""
+    from pathlib import Path
+
+    root = Path(__file__).parent / "data" / "lerobot_v30_images"
+    ds = load_dataset(root)
+    key = "observation.images.agentview"
+    assert (ds.num_episodes, len(ds), ds.fps, ds.info["robot_type"]) == (2, 6, 20, "panda")
+    assert ds.stats[key]["mean"].shape == (3, 1, 1)
+    with np.load(root / "expected.npz") as expected:
+        for i in range(len(ds)):
+            frame = ds[i]
+            assert frame["task"] == expected["task"][i]
+            assert torch.equal(frame[key], torch.from_numpy(expected[key][i]).permute(2, 0, 1).float() / 255)
+            for k in ("observation.state", "action", "observation.environment_state"):
+                assert torch.equal(frame[k], torch.from_numpy(expected[k][i]))

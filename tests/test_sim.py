@@ -259,3 +259,32 @@ def test_a_missing_rendering_backend_is_one_line(tmp_path) -> None:
     errors = [line for line in run.stderr.splitlines() if "error" in line]
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert len(errors) == 1 and "MUJOCO_GL=osmesa" in errors[0] and "MUJOCO_GL=egl" in errors[0]
+
+
+def test_collect_cli_records_camera_frames_and_refuses_other_camera_settings(tmp_path, capsys) -> None:
+    from embodyhub.cli import main
+    from embodyhub.data import load_dataset
+    from embodyhub.envs.sim.rollout import _env
+
+    out = tmp_path / "cam"
+    args = ["collect", "--env", "lift", "--robot", "panda", "--episodes", "1", "--out", str(out)]
+    assert main([*args, "--camera", "agentview", "--image-size", "32"]) == 0
+    ds = load_dataset(out)
+    key = "observation.images.agentview"
+    assert ds.info["features"][key] == {"dtype": "image", "shape": [32, 32, 3], "names": ["height", "width", "channels"]}
+    ep = ds.episode(0)
+    assert ep[key].shape == (len(ep["action"]), 3, 32, 32) and ep[key].dtype == torch.float32
+    assert not torch.equal(ep[key][0], ep[key][-1])  # the arm and the cube moved in view
+    # frame 0 is the camera's render of the episode's start, aligned with the recorded state
+    (staged,) = (out / ".staging").glob("lift-*.npz")
+    start = _env("lift", "panda", None, "agentview", 32, False, "joint").reset(int(staged.stem.split("-")[1]))
+    assert torch.equal(ep[key][0], torch.from_numpy(start[key]).permute(2, 0, 1).float() / 255)
+    assert torch.equal(ep["observation.state"][0], torch.from_numpy(start["observation.state"]))
+    capsys.readouterr()
+    for other in (["--camera", "frontview"], ["--camera", "agentview", "--image-size", "48"],
+                  ["--camera", "agentview", "--image-size", "32", "--visual-meshes"], []):
+        assert main([*args, *other]) != 0, other
+        assert "one camera setting per dataset" in capsys.readouterr().err
+    assert main([*args, "--camera", "agentview", "--image-size", "32"]) == 0  # the same settings resume
+    assert main([*args[:-1], str(tmp_path / "other"), "--camera", "nocam"]) != 0
+    assert "no camera 'nocam' in Lift; robosuite's cameras include agentview" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""LeRobot v3.0 datasets: a writer and a validating, in-memory reader for scalar and vector features.
+"""LeRobot v3.0 datasets: a writer and a validating, in-memory reader for scalar, vector and image features.
 
 Layout (the one ``lerobot`` reads and writes for codebase version v3.0)::
 
@@ -12,11 +12,18 @@ Layout (the one ``lerobot`` reads and writes for codebase version v3.0)::
 Episodes are never split across data files; a file is closed once it holds about
 ``data_files_size_in_mb`` and a chunk folder holds ``chunks_size`` files. Vector features are
 fixed-size lists; every frame also carries ``timestamp``, ``frame_index``, ``episode_index``,
-``index`` (global frame number) and ``task_index``. Image and video features are not handled.
+``index`` (global frame number) and ``task_index``.
+
+Camera frames are LeRobot ``"image"`` features (shape ``[height, width, channels]``): each frame is a
+PNG inside the data parquet, as the Hugging Face ``Image`` struct ``{bytes, path}`` that LeRobot
+writes and reads. PNG is lossless, so a frame reads back bit for bit. Their statistics are per
+channel in [0, 1] with shape ``[C, 1, 1]``, as LeRobot computes them. ``"video"`` features (MP4) are
+refused with a clear error.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -54,6 +61,8 @@ DEFAULT_FEATURES: dict[str, dict[str, Any]] = {
 }
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 _DTYPES = {"float32", "float64", "int32", "int64", "bool"}
+IMAGE_NAMES = ["height", "width", "channels"]
+_IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # Hugging Face datasets' Image()
 _REQUIRED_INFO = ("fps", "features", "total_episodes", "total_frames", "total_tasks", "data_path")
 _EPISODE_COLUMNS = (
     "episode_index", "tasks", "length", "dataset_from_index", "dataset_to_index", "data/chunk_index", "data/file_index"
@@ -71,6 +80,8 @@ def _as_numpy(value: Any, what: str) -> np.ndarray:
 
 
 def _infer_feature(array: np.ndarray) -> dict[str, Any]:
+    if array.ndim == 4:
+        return {"dtype": "image", "shape": list(array.shape[1:]), "names": list(IMAGE_NAMES)}
     dtype = "bool" if array.dtype == np.bool_ else "int64" if array.dtype.kind in "iu" else "float32"
     return {"dtype": dtype, "shape": list(array.shape[1:]) or [1], "names": None}
 
@@ -79,8 +90,12 @@ def _check_feature(key: str, spec: Mapping[str, Any]) -> None:
     if "/" in key:
         raise DatasetError(f"feature name '{key}' must not contain '/'")
     dtype, shape = spec.get("dtype"), spec.get("shape")
-    if dtype in ("image", "video"):
-        raise DatasetError(f"feature '{key}': {dtype} features are not supported (scalar and vector features only)")
+    if dtype == "video":
+        raise DatasetError(f"feature '{key}': video features are not supported; store camera frames as 'image' features")
+    if dtype == "image":
+        if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(isinstance(n, int) and n >= 1 for n in shape)):
+            raise DatasetError(f"feature '{key}': image shape must be [height, width, channels], got {shape!r}")
+        return
     if dtype not in _DTYPES:
         raise DatasetError(f"feature '{key}': dtype {dtype!r} is not one of {sorted(_DTYPES)}")
     if not (isinstance(shape, (list, tuple)) and len(shape) == 1 and isinstance(shape[0], int) and shape[0] >= 1):
@@ -90,8 +105,20 @@ def _check_feature(key: str, spec: Mapping[str, Any]) -> None:
         raise DatasetError(f"feature '{key}': {len(names)} names for shape {list(shape)}")
 
 
+def _encode_png(frame: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="png", compress_level=1)  # LeRobot's level: fast, still lossless
+    return buffer.getvalue()
+
+
 def _column(array: np.ndarray, spec: Mapping[str, Any]) -> pa.Array:
-    """Frames ``[T]`` or ``[T, n]`` -> an arrow column (a fixed-size list for vectors, as LeRobot stores them)."""
+    """Frames ``[T]``, ``[T, n]`` or images ``[T, H, W, C]`` -> an arrow column: a fixed-size list for vectors
+    and an ``Image`` struct of PNG bytes for images, as LeRobot stores them."""
+    if spec["dtype"] == "image":
+        png = pa.array([_encode_png(frame) for frame in array], pa.binary())
+        return pa.StructArray.from_arrays([png, pa.nulls(len(array), pa.string())], fields=list(_IMAGE_TYPE))
     array = array.astype(spec["dtype"])
     if array.ndim == 1:
         return pa.array(array)
@@ -105,6 +132,36 @@ def _stats(array: np.ndarray) -> dict[str, np.ndarray]:
         "min": a.min(0), "max": a.max(0), "mean": a.mean(0), "std": a.std(0), "count": np.array([a.shape[0]]),
     }
     stats.update({name: np.quantile(a, q, axis=0) for name, q in QUANTILES.items()})
+    return stats
+
+
+def _histogram(images: np.ndarray) -> np.ndarray:
+    """Per-channel counts ``[C, 256]`` of the uint8 values of images ``[T, H, W, C]``."""
+    return np.stack([np.bincount(images[..., c].reshape(-1), minlength=256) for c in range(images.shape[-1])])
+
+
+def _image_stats(histogram: np.ndarray, frames: int) -> dict[str, np.ndarray]:
+    """LeRobot image statistics from per-channel histograms ``[C, 256]``: per channel over all pixels, scaled
+    to [0, 1], shape ``[C, 1, 1]`` (``count`` is the number of frames). Exact, without holding the pixels."""
+    values = np.arange(256) / 255.0
+    n = histogram.sum(1, keepdims=True)
+    mean = (histogram @ values)[:, None] / n
+    seen = histogram > 0
+    stats = {
+        "min": values[seen.argmax(1)][:, None],
+        "max": values[255 - seen[:, ::-1].argmax(1)][:, None],
+        "mean": mean,
+        "std": np.sqrt((histogram * (values[None] - mean) ** 2).sum(1, keepdims=True) / n),
+    }
+    cumulative = histogram.cumsum(1)
+    for name, q in QUANTILES.items():  # numpy's default (linear) quantile over the sorted pixel values
+        position = q * (n[:, 0] - 1)
+        below = np.floor(position)
+        rank = np.stack([below, np.minimum(below + 1, n[:, 0] - 1)], 1)
+        at = values[np.stack([np.searchsorted(cumulative[c], rank[c], side="right") for c in range(len(histogram))])]
+        stats[name] = (at[:, 0] + (position - below) * (at[:, 1] - at[:, 0]))[:, None]
+    stats = {k: v[..., None] for k, v in stats.items()}
+    stats["count"] = np.array([frames])
     return stats
 
 
@@ -130,8 +187,15 @@ def _episode_arrays(
         if not keys or len(set(lengths.values())) != 1 or min(lengths.values()) < 1:
             raise DatasetError(f"episode {e}: every feature needs the same number (>= 1) of frames, got {lengths}")
         for k, v in data.items():
-            if v.ndim > 2:
-                raise DatasetError(f"episode {e} '{k}': frames must be scalars or vectors, got shape {v.shape[1:]}")
+            if v.ndim == 4 and (v.dtype != np.uint8 or v.shape[-1] != 3):
+                raise DatasetError(
+                    f"episode {e} '{k}': images must be uint8 [T, H, W, 3] (RGB), got {v.dtype} {list(v.shape)}"
+                )
+            if v.ndim not in (1, 2, 4):
+                raise DatasetError(
+                    f"episode {e} '{k}': frames must be scalars or vectors (or uint8 [H, W, 3] images), "
+                    f"got shape {v.shape[1:]}"
+                )
             if v.dtype.kind == "f" and not np.isfinite(v).all():
                 raise DatasetError(f"episode {e} '{k}' contains NaN or infinite values")
         arrays.append(data)
@@ -147,6 +211,14 @@ def _episode_arrays(
         features[k]["shape"] = list(features[k]["shape"])
         features[k].setdefault("names", None)
         for e, data in enumerate(arrays):
+            if (features[k]["dtype"] == "image") != (data[k].ndim == 4):
+                raise DatasetError(f"episode {e} '{k}': image features need [T, H, W, 3] frames, and only they")
+            if data[k].ndim == 4:
+                if list(data[k].shape[1:]) != features[k]["shape"]:
+                    raise DatasetError(
+                        f"episode {e} '{k}' has images {list(data[k].shape[1:])}; feature shape is {features[k]['shape']}"
+                    )
+                continue
             width = data[k].shape[1] if data[k].ndim == 2 else 1
             if width != features[k]["shape"][0]:
                 raise DatasetError(
@@ -168,9 +240,10 @@ def write_dataset(
 ) -> Path:
     """Write ``episodes`` as a LeRobot v3.0 dataset at ``root``; returns ``root``.
 
-    Each episode maps feature names to ``[T]`` or ``[T, n]`` arrays (numpy or torch), plus
-    ``"task"`` (a string). ``features`` (``{name: {"dtype", "shape": [n], "names"}}``) is
-    inferred when omitted: floats are stored as float32. ``extra_info`` is merged into
+    Each episode maps feature names to ``[T]`` or ``[T, n]`` arrays (numpy or torch) or to uint8
+    camera frames ``[T, H, W, 3]`` (stored as PNG ``"image"`` features), plus ``"task"`` (a string).
+    ``features`` (``{name: {"dtype", "shape": [n], "names"}}``; ``{"dtype": "image", "shape": [H, W, 3]}``)
+    is inferred when omitted: floats are stored as float32. ``extra_info`` is merged into
     ``meta/info.json`` (embodyhub puts the embodiment card under ``"embodyhub"``). An existing
     dataset at ``root`` is replaced only with ``overwrite=True``.
     """
@@ -211,7 +284,8 @@ def write_dataset(
 
     # Frame columns per episode, grouped into data files of about data_files_size_in_mb.
     rows: list[dict[str, Any]] = []
-    columns: dict[str, list[np.ndarray]] = {k: [] for k in all_features}
+    columns: dict[str, list[np.ndarray]] = {k: [] for k, v in all_features.items() if v["dtype"] != "image"}
+    histograms = {k: np.zeros((v["shape"][-1], 256), np.int64) for k, v in all_features.items() if v["dtype"] == "image"}
     pending: list[pa.Table] = []
     pending_bytes, chunk, file, start = 0, 0, 0, 0
 
@@ -253,9 +327,15 @@ def write_dataset(
             "meta/episodes/file_index": 0,
         }
         for k in all_features:
-            stored = data[k].astype(all_features[k]["dtype"])
-            columns[k].append(stored)
-            row.update({f"stats/{k}/{name}": v.tolist() for name, v in _stats(stored).items()})
+            if k in histograms:
+                histogram = _histogram(data[k])
+                histograms[k] += histogram
+                stats = _image_stats(histogram, length)
+            else:
+                stored = data[k].astype(all_features[k]["dtype"])
+                columns[k].append(stored)
+                stats = _stats(stored)
+            row.update({f"stats/{k}/{name}": v.tolist() for name, v in stats.items()})
         rows.append(row)
         start += length
     flush()
@@ -263,7 +343,9 @@ def write_dataset(
     info["total_frames"] = start
     info["total_tasks"] = len(task_index)
     info.update(extra_info or {})
-    stats = {k: {name: v.tolist() for name, v in _stats(np.concatenate(v)).items()} for k, v in columns.items()}
+    all_stats = {k: _stats(np.concatenate(v)) for k, v in columns.items()}
+    all_stats.update({k: _image_stats(h, start) for k, h in histograms.items()})
+    stats = {k: {name: v.tolist() for name, v in all_stats[k].items()} for k in all_features}
 
     import pandas as pd  # the tasks table keeps LeRobot's pandas index ("task"), which pyarrow alone does not write
 
@@ -307,6 +389,38 @@ def _to_numpy(column: pa.ChunkedArray, spec: Mapping[str, Any], where: str) -> n
     return values.astype(spec["dtype"])
 
 
+def _image_bytes(column: pa.ChunkedArray, where: str) -> list[bytes]:
+    """An ``Image`` struct column -> the encoded frames; frames stored only as a path are refused."""
+    array = column.combine_chunks()
+    if not pa.types.is_struct(array.type) or array.type.get_field_index("bytes") < 0:
+        raise DatasetError(f"{where}: expected an Image struct {{bytes, path}}, found {array.type}")
+    frames = array.field("bytes")
+    if frames.null_count or array.null_count:
+        raise DatasetError(f"{where}: {max(frames.null_count, array.null_count)} frames carry no embedded image bytes")
+    return frames.to_pylist()
+
+
+def _decode_image(data: bytes, spec: Mapping[str, Any], where: str) -> Tensor:
+    """Encoded frame -> float32 ``[C, H, W]`` in [0, 1]: the layout and values LeRobot returns (torchvision's
+    ``ToTensor``). The feature shape may be given as ``[H, W, C]`` (LeRobot's default) or ``[C, H, W]``."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            array = np.array(image)
+    except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise DatasetError(f"{where}: not a readable image ({exc})") from exc
+    if array.dtype != np.uint8:
+        raise DatasetError(f"{where}: only 8-bit images are supported, found {array.dtype}")
+    if array.ndim == 2:
+        array = array[..., None]
+    if list(spec["shape"]) not in (list(array.shape), [array.shape[2], *array.shape[:2]]):
+        raise DatasetError(
+            f"{where}: image of [height, width, channels] {list(array.shape)} does not match the feature shape {spec['shape']}"
+        )
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous().float().div(255)
+
+
 def _valid_fps(fps: Any) -> bool:
     """A positive finite number (JSON's ``true`` and ``Infinity`` are not)."""
     return isinstance(fps, (int, float)) and not isinstance(fps, bool) and math.isfinite(fps) and fps > 0
@@ -316,8 +430,10 @@ class LeRobotDataset(torch.utils.data.Dataset):
     """A LeRobot v3.0 dataset held in memory as torch tensors; validated on load.
 
     ``ds[i]`` is frame ``i`` (a dict of tensors plus its ``"task"`` string); ``ds.episode(k)``
-    stacks episode ``k`` as ``[T, ...]`` tensors. ``info``, ``stats`` (tensors), ``tasks``
-    (task -> task_index) and ``episodes`` (one metadata dict per episode) mirror ``meta/``.
+    stacks episode ``k`` as ``[T, ...]`` tensors. Image features come back as float32 ``[C, H, W]``
+    in [0, 1] (``[T, C, H, W]`` per episode), as LeRobot returns them; they are held encoded and
+    decoded on access. ``info``, ``stats`` (tensors), ``tasks`` (task -> task_index) and
+    ``episodes`` (one metadata dict per episode) mirror ``meta/``.
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
@@ -329,6 +445,7 @@ class LeRobotDataset(torch.utils.data.Dataset):
         self.tasks = self._load_tasks()
         self._task_names = {i: t for t, i in self.tasks.items()}
         self.episodes = self._load_episodes()
+        self._images: dict[str, list[bytes]] = {}
         self._data = self._load_frames()
 
     # ---------------------------------------------------------------- loading and validation
@@ -414,7 +531,9 @@ class LeRobotDataset(torch.utils.data.Dataset):
 
     def _load_frames(self) -> dict[str, Tensor]:
         files = list(dict.fromkeys((r["data/chunk_index"], r["data/file_index"]) for r in self.episodes))
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in self.features}
+        images = {k: spec for k, spec in self.features.items() if spec["dtype"] == "image"}
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in self.features if k not in images}
+        self._images = {k: [] for k in images}
         for chunk, file in files:
             try:
                 path = self.root / self.info["data_path"].format(chunk_index=chunk, file_index=file)
@@ -427,7 +546,13 @@ class LeRobotDataset(torch.utils.data.Dataset):
             if missing:
                 raise DatasetError(f"{path} lacks feature columns {missing}")
             for k, spec in self.features.items():
-                parts[k].append(_to_numpy(table[k], spec, f"{path} column '{k}'"))
+                where = f"{path} column '{k}'"
+                if k in images:
+                    frames = _image_bytes(table[k], where)
+                    _decode_image(frames[0], spec, where)  # shape checked on one frame per file; the rest on access
+                    self._images[k].extend(frames)
+                else:
+                    parts[k].append(_to_numpy(table[k], spec, where))
         data = {k: torch.from_numpy(np.concatenate(v)) for k, v in parts.items()}
         n = self.info["total_frames"]
         if data["index"].shape[0] != n or not torch.equal(data["index"], torch.arange(n)):
@@ -447,20 +572,27 @@ class LeRobotDataset(torch.utils.data.Dataset):
         if not -len(self) <= i < len(self):
             raise IndexError(f"frame {i} out of range for {len(self)} frames")
         item: dict[str, Any] = {k: v[i] for k, v in self._data.items()}
+        item.update({k: self._image(k, i % len(self)) for k in self._images})
         item["task"] = self._task_names[int(item["task_index"])]
         return item
+
+    def _image(self, key: str, i: int) -> Tensor:
+        return _decode_image(self._images[key][i], self.features[key], f"{self.root} '{key}' frame {i}")
 
     @property
     def num_episodes(self) -> int:
         return len(self.episodes)
 
     def episode(self, k: int) -> dict[str, Any]:
-        """Episode ``k`` as ``[T, ...]`` tensors (a view of the loaded frames) plus its ``"task"``."""
+        """Episode ``k`` as ``[T, ...]`` tensors (a view of the loaded frames; images decoded to ``[T, C, H, W]``)
+        plus its ``"task"``."""
         if not 0 <= k < self.num_episodes:
             raise IndexError(f"episode {k} out of range for {self.num_episodes} episodes")
         row = self.episodes[k]
         frames = slice(row["dataset_from_index"], row["dataset_to_index"])
         item: dict[str, Any] = {key: v[frames] for key, v in self._data.items()}
+        item.update({key: torch.stack([self._image(key, i) for i in range(frames.start, frames.stop)])
+                     for key in self._images})
         item["task"] = row["tasks"][0]
         return item
 

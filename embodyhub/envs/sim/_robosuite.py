@@ -32,9 +32,10 @@ def import_robosuite() -> Any:
     os.environ.setdefault("MUJOCO_GL", "egl")
     try:
         import mujoco
-    except ImportError:
-        raise SimulatorError(f"the simulator needs MuJoCo {MUJOCO_VERSION}: {INSTALL_HINT}") from None
-    except (AttributeError, OSError, RuntimeError) as exc:  # MUJOCO_GL names a backend whose library is missing
+    except (ImportError, AttributeError, OSError, RuntimeError) as exc:
+        if isinstance(exc, ImportError) and exc.name == "mujoco":
+            raise SimulatorError(f"the simulator needs MuJoCo {MUJOCO_VERSION}: {INSTALL_HINT}") from None
+        # MUJOCO_GL names a backend whose library is missing, or that PYOPENGL_PLATFORM contradicts
         raise SimulatorError(
             f"MuJoCo cannot load its MUJOCO_GL={os.environ['MUJOCO_GL']} rendering backend ({exc}); "
             "use MUJOCO_GL=egl (Mesa EGL) or install that backend"

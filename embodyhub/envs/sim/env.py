@@ -118,6 +118,11 @@ class SimEnv:
             )
         except RuntimeError as exc:  # no GL backend for the offscreen renderer
             raise SimulatorError(f"cannot render camera '{camera}' headless ({exc}); set MUJOCO_GL=egl or osmesa, or drop --camera") from None
+        except ValueError:  # robosuite's camera observable names a camera the scene lacks
+            if camera is None:
+                raise
+            raise SimulatorError(f"no camera '{camera}' in {self.task.robosuite_env}; robosuite's cameras include "
+                                 "agentview, frontview, birdview, robot0_robotview and robot0_eye_in_hand") from None
         self.sim = self.env.sim
         self._robot = self.env.robots[0]
         if camera is not None and not visual_meshes:

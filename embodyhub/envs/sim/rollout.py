@@ -30,15 +30,15 @@ _MAX_ATTEMPTS_PER_EPISODE = 3  # collection gives up when the expert fails this 
 _worker_envs: dict[tuple, Any] = {}
 
 
-def _env(task: str, robot: str, gripper: str | None, camera: str | None, image_size: int, control: str,
-         visual_meshes: bool = False) -> Any:
+def _env(task: str, robot: str, gripper: str | None, camera: str | None, image_size: int, visual_meshes: bool,
+         control: str) -> Any:
     """This process's ``SimEnv`` for the arguments (made once per process and reused)."""
     from .env import SimEnv
 
-    key = (task, robot, gripper, camera, image_size, control, visual_meshes)
+    key = (task, robot, gripper, camera, image_size, visual_meshes, control)
     if key not in _worker_envs:
-        _worker_envs[key] = SimEnv(task, robot, gripper=gripper, camera=camera, image_size=image_size,  # type: ignore[arg-type]
-                                   control=control, visual_meshes=visual_meshes)
+        _worker_envs[key] = SimEnv(task, robot, gripper=gripper, camera=camera, image_size=image_size,
+                                   visual_meshes=visual_meshes, control=control)  # type: ignore[arg-type]
     return _worker_envs[key]
 
 
@@ -51,13 +51,13 @@ def _init_worker() -> None:
 def _expert_job(args: tuple) -> tuple[int, dict[str, Any]]:
     from .experts import run_expert_episode
 
-    task, robot, gripper, camera, image_size, control, seed, video = args
-    env = _env(task, robot, gripper, camera, image_size, control, visual_meshes=video is not None)
+    *env_args, seed, video = args
+    env = _env(*env_args)
     start = time.process_time()
     out = run_expert_episode(env, seed)
     out["cpu_s"] = time.process_time() - start
     if video is not None:
-        key = f"observation.images.{camera}"
+        key = f"observation.images.{env.camera}"
         write_gif([f[key] for f in out["frames"]], video, env.embodiment.control_hz)
         out["frames"] = []
     return seed, out
@@ -87,11 +87,13 @@ def _check_staging(out: Path, config: dict[str, Any]) -> Path:
         recorded = json.loads((staging / "config.json").read_text())
     elif info.is_file():
         recorded = (json.loads(info.read_text()).get("embodyhub") or {}).get("collection")
-    for key in ("robot", "gripper"):
-        if recorded is not None and recorded.get(key) != config[key]:
+    # one robot and one camera setting per folder; a key missing from an older record means its default
+    for key, default in {"robot": None, "gripper": None, "camera": None, "image_size": None, "visual_meshes": False}.items():
+        if recorded is not None and recorded.get(key, default) != config[key]:
+            what = "one robot" if key in ("robot", "gripper") else "one camera setting"
             raise DatasetError(
                 f"{out} holds a dataset of {key}={recorded.get(key)!r}; this run asks for {key}={config[key]!r}: "
-                "one robot per dataset, pick another --out"
+                f"{what} per dataset, pick another --out"
             )
     staging.mkdir(parents=True, exist_ok=True)
     (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -105,10 +107,15 @@ def collect(
     out: str | os.PathLike,
     workers: int = 1,
     gripper: str | None = None,
+    camera: str | None = None,
+    image_size: int = 84,
+    visual_meshes: bool = False,
     progress: bool = True,
 ) -> Path:
     """Collect ``episodes`` successful expert demos per task on ``robot`` as a LeRobot v3.0 dataset at ``out``
-    (proprioception, keypoints, actions, task strings; camera frames are not written yet)."""
+    (proprioception, keypoints, actions, task strings). With ``camera`` (a robosuite camera such as
+    ``"agentview"``) each frame also records ``observation.images.<camera>``, ``image_size`` pixels square,
+    rendering collision geoms only unless ``visual_meshes`` (about 20x slower); stored as PNG image features."""
     from ...data.lerobot import EMBODIMENT_DIR, write_dataset
     from .env import sim_task
     from .robots import sim_embodiment
@@ -117,9 +124,13 @@ def collect(
         sim_task(task)
     if episodes * _MAX_ATTEMPTS_PER_EPISODE > EVAL_SEED_BASE:
         raise DatasetError(f"{episodes} episodes per task could reach the evaluation seeds (from {EVAL_SEED_BASE}); collect fewer")
+    if camera is not None and image_size < 1:
+        raise DatasetError(f"image_size must be a positive number of pixels, got {image_size}")
     emb = sim_embodiment(robot, gripper)
     out = Path(out)
-    config = {"robot": emb.name, "gripper": gripper, "tasks": sorted(t.lower() for t in tasks), "episodes_per_task": episodes}
+    config = {"robot": emb.name, "gripper": gripper, "camera": camera, "image_size": image_size if camera else None,
+              "visual_meshes": bool(camera and visual_meshes),
+              "tasks": sorted(t.lower() for t in tasks), "episodes_per_task": episodes}
     staging = _check_staging(out, config)
     done: dict[str, list[Path]] = {}
     for task in tasks:
@@ -138,7 +149,7 @@ def collect(
                 seed += 1
             if not seeds:
                 raise DatasetError(f"{task}/{emb.name}: the expert succeeded in only {len(kept)} of {limit} attempts")
-            jobs = [(task, robot, gripper, None, 84, "joint", s, None) for s in seeds]
+            jobs = [(task, robot, gripper, camera, image_size, visual_meshes, "joint", s, None) for s in seeds]
             for s, result in _run(jobs, min(workers, len(jobs))):
                 tried.add(s)
                 if not result["success"]:
@@ -147,8 +158,10 @@ def collect(
                 frames = result["frames"]
                 arrays = {k: np.stack([f[k] for f in frames]) for k in frames[0]}
                 path = staging / f"{task}-{s:07d}.npz"
-                np.savez(path.with_suffix(".tmp.npz"), **arrays)
-                os.replace(path.with_suffix(".tmp.npz"), path)
+                partial = path.with_suffix(".partial")  # not matched by the *.npz globs if the run dies here
+                with partial.open("wb") as f:
+                    np.savez_compressed(f, **arrays)
+                os.replace(partial, path)
                 kept.append(path)
                 bar.update(1)
         bar.close()
@@ -192,13 +205,13 @@ def evaluate_expert(
     """Closed-loop success of the scripted expert on evaluation seeds ``seed .. seed + episodes - 1``; the first
     ``videos`` episodes are also rendered from ``camera`` (full visual meshes) as GIFs in ``video_dir``.
     Rendering does not touch the physics, so recorded episodes score as unrecorded ones."""
-    jobs: list[tuple] = [(task.lower(), robot, gripper, None, 84, control, seed + i, None) for i in range(episodes)]
+    jobs: list[tuple] = [(task.lower(), robot, gripper, None, 84, False, control, seed + i, None) for i in range(episodes)]
     if videos:
         if video_dir is None:
             raise DatasetError("videos need a video_dir")
         Path(video_dir).mkdir(parents=True, exist_ok=True)
         for i in range(min(videos, episodes)):
-            jobs[i] = (task.lower(), robot, gripper, camera, VIDEO_SIZE, control, seed + i,
+            jobs[i] = (task.lower(), robot, gripper, camera, VIDEO_SIZE, True, control, seed + i,
                        Path(video_dir) / f"{robot.lower()}-{task.lower()}-{control}-seed{seed + i}.gif")
     results: dict[int, dict[str, Any]] = {}
     bar = _progress(episodes, f"eval {task}/{robot} ({control})", progress)
@@ -214,5 +227,5 @@ def evaluate_expert(
         "mean_steps": float(np.mean([r["steps"] for r in ordered])),
         "cpu_s_per_episode": float(np.mean([r["cpu_s"] for r in ordered])),
         "per_episode": [r["success"] for r in ordered],
-        "videos": [str(j[7]) for j in jobs if j[7] is not None],
+        "videos": [str(j[8]) for j in jobs if j[8] is not None],
     }
