@@ -105,8 +105,10 @@ class SimEnv:
         robosuite = import_robosuite()
         kwargs: dict[str, Any] = {}
         if camera is not None:
+            # collision geoms only (robosuite's group 0) by default: far cheaper to render on CPU than the meshes
             kwargs.update(has_offscreen_renderer=True, use_camera_obs=True, camera_names=camera,
-                          camera_heights=image_size, camera_widths=image_size)
+                          camera_heights=image_size, camera_widths=image_size,
+                          render_collision_mesh=not visual_meshes, render_visual_mesh=visual_meshes)
         else:
             kwargs.update(has_offscreen_renderer=False, use_camera_obs=False)
         try:
@@ -125,8 +127,6 @@ class SimEnv:
                                  "agentview, frontview, birdview, robot0_robotview and robot0_eye_in_hand") from None
         self.sim = self.env.sim
         self._robot = self.env.robots[0]
-        if camera is not None and not visual_meshes:
-            self._collision_geoms_only()
         model = self.sim.model
         self._base = model.body_name2id(BASE_BODY)
         self._site = model.site_name2id(EE_SITE)
@@ -147,19 +147,6 @@ class SimEnv:
         self._obs = self.env.reset()
         self.steps = 0
         return self.observation()
-
-    def _collision_geoms_only(self) -> None:
-        """Render collision geoms only (group 0): about 20x cheaper than the visual meshes on CPU."""
-        renderer = self.sim._render_context_offscreen
-        if renderer is None:
-            self.sim._render_context_offscreen = renderer = self._make_offscreen()
-        renderer.vopt.geomgroup[:] = 0
-        renderer.vopt.geomgroup[0] = 1
-
-    def _make_offscreen(self) -> Any:
-        from robosuite.utils.binding_utils import MjRenderContextOffscreen
-
-        return MjRenderContextOffscreen(self.sim, device_id=-1)
 
     def _base_pose(self) -> tuple[np.ndarray, np.ndarray]:
         data = self.sim.data
