@@ -19,38 +19,19 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 
 
 def fk_table(robots: list[str]) -> None:
-    import mujoco
-
-    from embodyhub.envs.sim.robots import BASE_BODY, EE_SITE, robosuite_robot, sim_embodiment
+    from embodyhub.envs.sim import sim_embodiment
+    from embodyhub.envs.sim.robots import fk_error_vs_mujoco
 
     print("\n## FK of the sim-derived embodiments vs MuJoCo's grip site (100 random configurations)\n")
     print(f"| {'robot':<8} | {'dof':>3} | {'max pos err (m)':>15} | {'max rot err (rad)':>17} |")
     print(f"|{'-' * 10}|{'-' * 5}|{'-' * 17}|{'-' * 19}|")
     for name in robots:
-        emb = sim_embodiment(name)
-        robot, _ = robosuite_robot(name)
-        model = mujoco.MjModel.from_xml_string(robot.robot_model.get_xml())
-        data = mujoco.MjData(model)
-        chain = emb.chains[0]
-        q = emb.sample(100, torch.Generator().manual_seed(0))[:, emb.arm_indices[0]]
-        T = chain.forward_kinematics(q).numpy()
-        b, s = model.body(BASE_BODY).id, model.site(EE_SITE).id
-        pos = rot = 0.0
-        for i in range(len(q)):
-            for k, joint in enumerate(chain.joint_names):
-                data.qpos[model.joint(joint).qposadr[0]] = float(q[i, k])
-            mujoco.mj_kinematics(model, data)
-            Rb = data.xmat[b].reshape(3, 3)
-            p = Rb.T @ (data.site_xpos[s] - data.xpos[b])
-            R = Rb.T @ data.site_xmat[s].reshape(3, 3)
-            pos = max(pos, float(np.abs(p - T[i, :3, 3]).max()))
-            rot = max(rot, float(np.linalg.norm(R.T @ T[i, :3, :3] - np.eye(3)) / np.sqrt(2)))
-        print(f"| {name:<8} | {chain.dof:>3} | {pos:>15.1e} | {rot:>17.1e} |")
+        pos, rot = fk_error_vs_mujoco(name, samples=100, seed=0)
+        print(f"| {name:<8} | {sim_embodiment(name).chains[0].dof:>3} | {pos:>15.1e} | {rot:>17.1e} |")
 
 
 def expert_table(robots: list[str], tasks: list[str], episodes: int, controls: list[str], workers: int) -> None:

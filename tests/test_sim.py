@@ -27,22 +27,10 @@ def _site_pose_in_base(model, data, base: str, site: str) -> tuple[np.ndarray, n
 
 @pytest.mark.parametrize("name", SIM_ROBOT_NAMES)
 def test_sim_embodiment_fk_matches_mujoco_site(name: str) -> None:
-    from embodyhub.envs.sim.robots import BASE_BODY, EE_SITE, robosuite_robot, sim_embodiment
+    from embodyhub.envs.sim.robots import fk_error_vs_mujoco
 
-    emb = sim_embodiment(name)
-    robot, _ = robosuite_robot(name)
-    model = mujoco.MjModel.from_xml_string(robot.robot_model.get_xml())
-    data = mujoco.MjData(model)
-    chain = emb.chains[0]
-    q = emb.sample(20, torch.Generator().manual_seed(3))[:, emb.arm_indices[0]]
-    T = chain.forward_kinematics(q).numpy()
-    for i in range(len(q)):
-        for k, joint in enumerate(chain.joint_names):
-            data.qpos[model.joint(joint).qposadr[0]] = float(q[i, k])
-        mujoco.mj_kinematics(model, data)
-        p, R = _site_pose_in_base(model, data, BASE_BODY, EE_SITE)
-        assert np.abs(p - T[i, :3, 3]).max() <= 1e-6
-        assert np.linalg.norm(R.T @ T[i, :3, :3] - np.eye(3)) <= 1e-6  # ~ rotation angle, without arccos's floor
+    pos, rot = fk_error_vs_mujoco(name, samples=20, seed=3)
+    assert pos <= 1e-6 and rot <= 1e-6
 
 
 def test_sim_embodiment_card_records_mjcf_and_round_trips(tmp_path) -> None:

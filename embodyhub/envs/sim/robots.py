@@ -93,3 +93,31 @@ def sim_embodiment(name: str, gripper: str | None = None) -> Embodiment:
     # the install folder written as robosuite:// so the hash does not depend on where robosuite lives
     emb.mjcf = {"sha256": hashlib.sha256(xml.replace(str(root), "robosuite:/").encode()).hexdigest(), "source": label}
     return emb
+
+
+def fk_error_vs_mujoco(name: str, samples: int = 100, seed: int = 0) -> tuple[float, float]:
+    """Largest position (m) and rotation (rad) gap between the embodiment's FK and MuJoCo's own grip-site pose
+    (in the base body's frame) over ``samples`` random configurations within the joint limits."""
+    import mujoco
+    import numpy as np
+    import torch
+
+    emb = sim_embodiment(name)
+    robot, _ = robosuite_robot(name)
+    model = mujoco.MjModel.from_xml_string(robot.robot_model.get_xml())
+    data = mujoco.MjData(model)
+    chain = emb.chains[0]
+    q = emb.sample(samples, torch.Generator().manual_seed(seed))[:, emb.arm_indices[0]]
+    T = chain.forward_kinematics(q).numpy()
+    base, site = model.body(BASE_BODY).id, model.site(EE_SITE).id
+    pos = rot = 0.0
+    for i in range(samples):
+        for k, joint in enumerate(chain.joint_names):
+            data.qpos[model.joint(joint).qposadr[0]] = float(q[i, k])
+        mujoco.mj_kinematics(model, data)
+        R_base = data.xmat[base].reshape(3, 3)
+        p = R_base.T @ (data.site_xpos[site] - data.xpos[base])
+        R = R_base.T @ data.site_xmat[site].reshape(3, 3)
+        pos = max(pos, float(np.abs(p - T[i, :3, 3]).max()))
+        rot = max(rot, float(np.linalg.norm(R.T @ T[i, :3, :3] - np.eye(3)) / np.sqrt(2)))  # = angle, no arccos floor
+    return pos, rot
