@@ -302,6 +302,10 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     recipe_file = _recipe_path(args.recipe)
     if args.data and not Path(args.data).is_dir():
         raise EmbodyHubError(f"no dataset folder {args.data}: give a LeRobot v3 dataset folder, or leave --data out")
+    if args.data:
+        from .data import check_features
+
+        check_features(args.data)
     emb = _embodiment_from_args(args)
     from transformers import AutoModel, AutoProcessor
 

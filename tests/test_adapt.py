@@ -162,3 +162,21 @@ def test_expert_row_is_the_demonstrator_closed_loop():
     assert result["success_rate"] == 1.0
     short = ReachEnv(ur5, batch_size=8, max_steps=2, seed=5, goal_distance=0.3).evaluate(expert_policy(ur5, recipe), 8, seed=5)
     assert short["success_rate"] < 1.0  # the step budget binds the expert like the policies
+
+
+def test_adapt_refuses_a_dataset_without_a_needed_feature_before_loading_anything(tmp_path):
+    """`adapt --data` on a plain state/action LeRobot dataset failed with KeyError 'observation.goal' after
+    loading the model; it is now a DatasetError naming the feature, from info.json alone (no torch import)."""
+    import json
+    import subprocess
+    import sys
+
+    info = tmp_path / "plain" / "meta" / "info.json"
+    info.parent.mkdir(parents=True)
+    info.write_text(json.dumps({"features": {"observation.state": {}, "action": {}, "timestamp": {}}}))
+    code = ("import sys; from embodyhub.cli import main; rc = main(['adapt', '--robot', 'panda', '--data', sys.argv[1], "
+            "'--out', sys.argv[2]]); print('torch' in sys.modules, 'transformers' in sys.modules); sys.exit(rc)")
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "plain"), str(tmp_path / "out")], capture_output=True, text=True)
+    assert run.returncode != 0 and run.stdout.split() == ["False", "False"]
+    error = [line for line in run.stderr.splitlines() if "error" in line]
+    assert len(error) == 1 and "'observation.goal'" in error[0] and "DatasetError" not in error[0]

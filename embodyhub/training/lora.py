@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from ..data import LeRobotDataset
+from ..data import LeRobotDataset, check_features
 from ..embodiment import Embodiment
 from ..errors import EmbodimentMismatchError
 from ..hub.checks import BASE_FILE, base_signature, check_adapter
@@ -90,7 +90,9 @@ class AdaptRecipe(Recipe):
 
 
 def check_dataset(dataset: LeRobotDataset, embodiment: Embodiment) -> None:
-    """Refuse demonstrations recorded on another body (when the dataset carries an embodiment card)."""
+    """Refuse demonstrations that lack a feature the model needs, or recorded on another body (when the dataset
+    carries an embodiment card)."""
+    check_features(dataset.root)
     card = dataset.info.get("embodyhub", {}).get("embodiment")
     if card is not None:
         embodiment.check_compatible(card)
