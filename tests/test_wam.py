@@ -278,3 +278,30 @@ def test_processor_embodiment_names_cannot_leave_the_folder(setup, tmp_path):
     evil.name = "../evil"
     with pytest.raises(EmbodimentMismatchError, match="not a plain name"):
         WamProcessor().add_embodiment(evil)
+
+
+def test_output_hidden_states_attentions_and_return_dict_follow_transformers(setup):
+    """They were accepted and silently ignored; unknown keywords were swallowed by **kwargs."""
+    model, processor, _ = setup
+    emb = processor.resolve("panda")
+    obs = observation(emb, batch=2)
+    batch = dict(processor(obs, "panda", actions=obs["state"][:, None].expand(2, 4, emb.dof)))
+    batch.pop("action_decoder")
+    with torch.no_grad():
+        plain = model(**batch)
+        full = model(**batch, output_hidden_states=True, output_attentions=True)
+        as_tuple = model(**batch, return_dict=False)
+    layers = model.config.num_hidden_layers
+    assert plain.hidden_states is None and plain.attentions is None
+    assert len(full.hidden_states) == layers + 1 and len(full.attentions) == layers
+    seq = full.attention_mask.shape[1]
+    assert full.attentions[0].shape == (2, model.config.num_attention_heads, seq, seq)
+    assert torch.allclose(full.attentions[-1].sum(-1), torch.ones(()), atol=1e-5)  # rows are distributions
+    assert torch.allclose(full.logits, plain.logits, atol=1e-5)  # the explicit attention path gives SDPA's result
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], plain.loss) and torch.equal(as_tuple[1], plain.logits)
+    trunk = model.model(batch["input_ids"], batch["action_dims"], batch["action_steps"], batch["joint_features"],
+                        batch["joint_mask"], batch["state"], batch["state_mask"], batch["goal"], batch["goal_mask"],
+                        output_hidden_states=True)
+    assert torch.equal(trunk.hidden_states[-1], trunk.last_hidden_state)
+    with pytest.raises(TypeError, match="not_an_argument"):
+        model(**batch, not_an_argument=1)

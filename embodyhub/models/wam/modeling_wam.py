@@ -8,6 +8,8 @@ it predicts (dimension and step embeddings), so robots with different slot masks
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,8 @@ class WamModelOutput(ModelOutput):
     last_hidden_state: Tensor | None = None
     cache: Cache | None = None
     attention_mask: Tensor | None = None
+    hidden_states: tuple[Tensor, ...] | None = None  # embeddings, each layer's output, the last normed (output_hidden_states)
+    attentions: tuple[Tensor, ...] | None = None  # per layer [B, heads, new, past + new] (output_attentions)
 
 
 @dataclass
@@ -44,6 +48,8 @@ class WamActionOutput(ModelOutput):
     attention_mask: Tensor | None = None
     action_loss: Tensor | None = None
     world_loss: Tensor | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
 
 
 class WamRMSNorm(nn.Module):
@@ -98,6 +104,10 @@ class WamAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        # set by WamModel for a call with output_attentions: the weights are computed explicitly (SDPA does
+        # not return them) and kept in ``weights`` until the model collects them
+        self.keep_weights = False
+        self.weights: Tensor | None = None
 
     def forward(
         self,
@@ -114,9 +124,14 @@ class WamAttention(nn.Module):
         q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        if self.keep_weights:
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+            self.weights = scores.masked_fill(~attention_mask, float("-inf")).softmax(-1)
+            out = F.dropout(self.weights, self.dropout, self.training) @ v
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0
+            )
         return self.o_proj(out.transpose(1, 2).reshape(B, L, -1))
 
 
@@ -267,12 +282,20 @@ class WamModel(WamPreTrainedModel):
         attention_mask: Tensor | None = None,
         cache: Cache | None = None,
         use_cache: bool = False,
-        **kwargs: Any,
-    ) -> WamModelOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> WamModelOutput | tuple:
         """Run the trunk. The prefix inputs are needed only when the cache is empty.
 
         ``attention_mask`` [B, past + new] marks valid keys; it is built (and returned) when omitted.
+        ``output_attentions``, ``output_hidden_states`` and ``return_dict`` follow transformers (defaults
+        from the config); an unknown keyword argument is a ``TypeError``.
         """
+        cfg = self.config
+        output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = cfg.use_return_dict if return_dict is None else return_dict
         past = cache.get_seq_length() if cache is not None else 0
         embeds = self.embed_actions(input_ids, action_dims, action_steps)
         new_mask = torch.ones(input_ids.shape, dtype=torch.bool, device=input_ids.device)
@@ -301,9 +324,31 @@ class WamModel(WamPreTrainedModel):
         mask4d = causal[None, None] & attention_mask[:, None, None, :]
         position_embeddings = self.rotary_emb(embeds, positions.expand(embeds.shape[0], L))
         hidden = embeds
-        for layer in self.layers:
-            hidden = layer(hidden, position_embeddings, mask4d, cache if use_cache else None)
-        return WamModelOutput(self.norm(hidden), cache if use_cache else None, attention_mask)
+        states, weights = [hidden] if output_hidden_states else None, [] if output_attentions else None
+        attentions = [getattr(layer, "self_attn", None) for layer in self.layers] if output_attentions else []
+        if None in attentions:
+            raise InvalidActionError("output_attentions needs the model's own decoder layers, not a fused decoder")
+        for i, layer in enumerate(self.layers):
+            if attentions:
+                attentions[i].keep_weights = True
+            try:
+                hidden = layer(hidden, position_embeddings, mask4d, cache if use_cache else None)
+            finally:
+                if attentions:
+                    attentions[i].keep_weights = False
+            if states is not None:
+                states.append(hidden)
+            if weights is not None:
+                weights.append(attentions[i].weights)
+                attentions[i].weights = None
+        hidden = self.norm(hidden)
+        if states is not None:
+            states[-1] = hidden  # as in transformers' decoders: the last entry is the normed output
+        out = WamModelOutput(
+            hidden, cache if use_cache else None, attention_mask,
+            tuple(states) if states is not None else None, tuple(weights) if weights is not None else None,
+        )
+        return out if return_dict else out.to_tuple()
 
 
 class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
@@ -403,15 +448,20 @@ class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
         world_mask: Tensor | None = None,
         cache: Cache | None = None,
         use_cache: bool = False,
-        **kwargs: Any,
-    ) -> WamActionOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> WamActionOutput | tuple:
         """Logits for every action position; with ``labels`` the token loss, with ``world_targets`` the world loss.
 
         The prefix inputs (``joint_features`` ... ``goal_mask``, optional ``pixel_values``) come from
-        ``WamProcessor`` and are needed only while the cache is empty."""
+        ``WamProcessor`` and are needed only while the cache is empty. ``output_attentions``,
+        ``output_hidden_states`` and ``return_dict`` follow transformers; an unknown keyword is a ``TypeError``."""
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
         out = self.model(
             input_ids, action_dims, action_steps, joint_features, joint_mask, state, state_mask, goal, goal_mask,
-            pixel_values, attention_mask, cache=cache, use_cache=use_cache,
+            pixel_values, attention_mask, cache=cache, use_cache=use_cache, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True,
         )
         hidden = out.last_hidden_state[:, -input_ids.shape[1] :]
         logits = self.action_head(hidden)
@@ -424,7 +474,7 @@ class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
             mask = world_mask.to(world.dtype) if world_mask is not None else torch.ones_like(world)
             world_loss = ((world - world_targets.to(world.dtype)) ** 2 * mask).sum() / mask.sum().clamp_min(1)
             loss = world_loss * self.config.world_loss_weight + (loss if loss is not None else 0)
-        return WamActionOutput(
+        result = WamActionOutput(
             loss=loss,
             logits=logits,
             world=world,
@@ -433,7 +483,10 @@ class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
             attention_mask=out.attention_mask,
             action_loss=action_loss,
             world_loss=world_loss,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
         )
+        return result if return_dict else result.to_tuple()
 
     def prepare_inputs_for_generation(
         self, input_ids: Tensor, cache: Cache | None = None, action_dims: Tensor | None = None,
