@@ -153,12 +153,13 @@ def _hold(e: Expert) -> np.ndarray:
     return e.command.copy()
 
 
-def _pick(expert: Expert, obj: int, name: str, grasp_depth: float = 0.0, tol: float | None = None) -> list[Phase]:
+def _pick(expert: Expert, obj: int, name: str, grasp_depth: float = 0.0, tol: float | None = None,
+          tilt: bool = False) -> list[Phase]:
     g = expert.gains
     return [
-        Phase("hover", _above(obj, 0.10), 1.0, yaw_of=name, tol=tol),
-        Phase("descend", _above(obj, grasp_depth), 1.0, tol=tol),
-        Phase("close", _hold, 0.0, steps=g.close_steps),
+        Phase("hover", _above(obj, 0.10), 1.0, yaw_of=name, tol=tol, tilt=tilt),
+        Phase("descend", _above(obj, grasp_depth), 1.0, tol=tol, tilt=tilt),
+        Phase("close", _hold, 0.0, steps=g.close_steps, tilt=tilt),
     ]
 
 
@@ -202,9 +203,9 @@ def _back_up(e: Expert) -> np.ndarray:
 def _can_plan(e: Expert) -> list[Phase]:
     # the can may stand 0.72 m from the base, where Jaco stalls 1-1.5 cm short: coarse hover, descent and
     # lift (the Robotiq's 85 mm opening still closes around the 70 mm can)
-    return _pick(e, 0, "Can", grasp_depth=0.01, tol=0.02) + [
+    return _pick(e, 0, "Can", grasp_depth=0.01, tol=0.02, tilt=True) + [
         Phase("lift", lambda ex: ex.object(0)[0] * np.array([1, 1, 0]) + np.array([0, 0, ex.object(1)[0][2] + 0.25]), 0.0,
-              tol=0.04),
+              tol=0.04, tilt=True),
         Phase("carry", _in_bin(0.22), 0.0, tol=0.04, tilt=True),
         Phase("lower", _in_bin(0.12), 0.0, tol=0.04, tilt=True),
         Phase("release", _hold, 1.0, steps=e.gains.release_steps, tilt=True),
