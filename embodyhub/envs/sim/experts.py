@@ -10,7 +10,7 @@ box-shaped object (modulo 90 degrees) from the orientation the arm starts in.
 
 PickPlaceCan's bin compartment lies at the edge of the shorter arms' reach, so the can goes to the
 point of the compartment nearest the arm's base (inset so the whole can lands inside), and arms
-that still fall short pitch the gripper outward while carrying (``Gains.carry_tilt``).
+that still fall short pitch the gripper outward from the hover on (``Gains.carry_tilt``).
 """
 
 from __future__ import annotations
