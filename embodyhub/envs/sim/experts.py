@@ -7,15 +7,20 @@ PI term on the measured end-effector position error (contact and payload pull th
 the joint-space target); the canonical command then goes through ``SimEnv.step_canonical``, i.e.
 the ``KinematicAdapter``'s IK in joint mode. The gripper yaw is turned onto the nearest face of a
 box-shaped object (modulo 90 degrees) from the orientation the arm starts in.
+
+PickPlaceCan's bin compartment lies at the edge of the shorter arms' reach, so the can goes to the
+point of the compartment nearest the arm's base (inset so the whole can lands inside), and arms
+that still fall short pitch the gripper outward from the hover on (``Gains.carry_tilt``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from .env import KEYPOINT_SCALE, SimEnv
 
@@ -32,6 +37,14 @@ class Gains:
     reach_tol: float = 0.008  # m: a moving phase ends when the grip site is this close
     close_steps: int = 12
     release_steps: int = 8
+    carry_tilt: float = 0.0  # rad the gripper pitches outward (away from the base) in phases with ``tilt``
+
+
+# XArm7, Jaco and Kinova3 (Robotiq85) reach 0.70-0.73 m from the base with the gripper pointing down
+# (our IK, can task), short of the 0.78 m to the can compartment's nearest inset point; pitched 0.5 rad
+# outward they reach 0.80-0.88 m.
+ROBOT_GAINS: dict[str, Gains] = {name: Gains(carry_tilt=0.5) for name in ("xarm7", "jaco", "kinova3")}
+TILT_RATE = 1.0  # rad/s at which the gripper pitch follows its phase's value
 
 
 @dataclass
@@ -42,6 +55,7 @@ class Phase:
     steps: int | None = None  # fixed duration; None: until the target is reached
     yaw_of: str | None = None  # object whose yaw the gripper aligns to
     tol: float | None = None  # coarse move: this reach tolerance (m), and done once the arm stalls at its reach
+    tilt: bool = False  # pitch the gripper outward by ``Gains.carry_tilt``
 
 
 def _object(obs_keypoints: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,12 +65,14 @@ def _object(obs_keypoints: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarr
 
 @dataclass
 class Expert:
-    """Closed-loop scripted policy for one ``SimEnv`` episode; call ``act()`` once per control step."""
+    """Closed-loop scripted policy for one ``SimEnv`` episode; call ``act()`` once per control step.
+    ``gains`` default to the arm's entry in ``ROBOT_GAINS`` (else ``Gains()``)."""
 
     env: SimEnv
-    gains: Gains = field(default_factory=Gains)
+    gains: Gains | None = None
 
     def __post_init__(self) -> None:
+        self.gains = self.gains or ROBOT_GAINS.get(self.env.embodiment.name, Gains())
         self.phases = _PLANS[self.env.task_name](self)
         self.reset()
 
@@ -68,6 +84,8 @@ class Expert:
         self.command = self.env.ee_pose()[:3, 3].copy()
         self.integral = np.zeros(3)
         self.yaw = 0.0
+        self.tilt = 0.0
+        self.start = self.command.copy()  # the command when the current phase began
         self.previous = self.command.copy()
         self.stalled = 0
 
@@ -93,6 +111,8 @@ class Expert:
         phase = self.phases[min(self.phase, len(self.phases) - 1)]
         if phase.yaw_of is not None and self.count == 0:
             self.yaw = self._grasp_yaw(self.env.task.objects.index(phase.yaw_of))
+        if self.count == 0:
+            self.start = self.command.copy()
         target = phase.target(self)
         step = g.max_speed / env.embodiment.control_hz
         delta = target - self.command
@@ -103,8 +123,10 @@ class Expert:
         position = self.command + g.kp * error + g.ki * self.integral
         c, s = math.cos(self.yaw), math.sin(self.yaw)
         Rz = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+        rate = TILT_RATE / env.embodiment.control_hz
+        self.tilt += float(np.clip((g.carry_tilt if phase.tilt else 0.0) - self.tilt, -rate, rate))
         T = np.eye(4)
-        T[:3, :3] = Rz @ self.R0
+        T[:3, :3] = _outward(self.command, self.tilt) @ Rz @ self.R0
         T[:3, 3] = position
         self.count += 1
         at_target = np.allclose(self.command, target)
@@ -117,6 +139,12 @@ class Expert:
         return env.canonical_command(T, phase.opened).numpy()
 
 
+def _outward(position: np.ndarray, angle: float) -> np.ndarray:
+    """Rotation pitching the gripper's approach axis by ``angle`` away from the base, at ``position``."""
+    u = np.array([position[0], position[1], 0.0]) / max(math.hypot(position[0], position[1]), 1e-9)
+    return Rotation.from_rotvec(np.cross(u, [0.0, 0.0, 1.0]) * angle).as_matrix()
+
+
 def _above(index: int, height: float) -> Target:
     return lambda e: e.object(index)[0] + np.array([0.0, 0.0, height])
 
@@ -125,23 +153,21 @@ def _hold(e: Expert) -> np.ndarray:
     return e.command.copy()
 
 
-def _pick(expert: Expert, obj: int, name: str, grasp_depth: float = 0.0) -> list[Phase]:
+def _pick(expert: Expert, obj: int, name: str, grasp_depth: float = 0.0, tol: float | None = None,
+          tilt: bool = False) -> list[Phase]:
     g = expert.gains
     return [
-        Phase("hover", _above(obj, 0.10), 1.0, yaw_of=name),
-        Phase("descend", _above(obj, grasp_depth), 1.0),
-        Phase("close", _hold, 0.0, steps=g.close_steps),
+        Phase("hover", _above(obj, 0.10), 1.0, yaw_of=name, tol=tol, tilt=tilt),
+        Phase("descend", _above(obj, grasp_depth), 1.0, tol=tol, tilt=tilt),
+        Phase("close", _hold, 0.0, steps=g.close_steps, tilt=tilt),
     ]
 
 
 def _lift_plan(e: Expert) -> list[Phase]:
-    lifted = {}
-
-    def up(ex: Expert) -> np.ndarray:
-        lifted.setdefault("z", ex.command.copy() + np.array([0.0, 0.0, 0.15]))
-        return lifted["z"]
-
-    return _pick(e, 0, "cube") + [Phase("lift", up, 0.0), Phase("hold", _hold, 0.0, steps=10)]
+    return _pick(e, 0, "cube") + [
+        Phase("lift", lambda ex: ex.start + np.array([0.0, 0.0, 0.15]), 0.0),
+        Phase("hold", _hold, 0.0, steps=10),
+    ]
 
 
 def _stack_plan(e: Expert) -> list[Phase]:
@@ -154,13 +180,36 @@ def _stack_plan(e: Expert) -> list[Phase]:
     ]
 
 
+# PickPlaceCan (robosuite 1.5.2): a compartment's inside is 0.19 x 0.24 m (x, y); the can's radius is 3.5 cm.
+_COMPARTMENT_HALF = np.array([0.095, 0.12])
+_CAN_MARGIN = 0.05  # the can's radius + 1.5 cm for where it sits in the gripper
+
+
+def _in_bin(height: float) -> Target:
+    """``height`` above the point of the can's compartment nearest the arm's base (inset by ``_CAN_MARGIN``)."""
+    def target(e: Expert) -> np.ndarray:
+        centre, R = e.object(1)
+        local = np.clip(R.T @ -centre, [*-(_COMPARTMENT_HALF - _CAN_MARGIN), -np.inf], [*(_COMPARTMENT_HALF - _CAN_MARGIN), np.inf])
+        return centre + R @ (local * np.array([1.0, 1.0, 0.0])) + np.array([0.0, 0.0, height])
+    return target
+
+
+def _back_up(e: Expert) -> np.ndarray:
+    """10 cm up and 10 cm toward the base from where the phase began (reachable wherever the release was)."""
+    u = np.array([e.start[0], e.start[1], 0.0]) / max(math.hypot(e.start[0], e.start[1]), 1e-9)
+    return e.start + np.array([0.0, 0.0, 0.10]) - 0.10 * u
+
+
 def _can_plan(e: Expert) -> list[Phase]:
-    return _pick(e, 0, "Can", grasp_depth=0.01) + [
-        Phase("lift", lambda ex: ex.object(0)[0] * np.array([1, 1, 0]) + np.array([0, 0, ex.object(1)[0][2] + 0.25]), 0.0),
-        Phase("carry", _above(1, 0.22), 0.0, tol=0.04),  # the bin compartment is about 20 x 13 cm
-        Phase("lower", _above(1, 0.12), 0.0, tol=0.04),
-        Phase("release", _hold, 1.0, steps=e.gains.release_steps),
-        Phase("retreat", _above(1, 0.25), 1.0),
+    # the can may stand 0.72 m from the base, where Jaco stalls 1-1.5 cm short: coarse hover, descent and
+    # lift (the Robotiq's 85 mm opening still closes around the 70 mm can)
+    return _pick(e, 0, "Can", grasp_depth=0.01, tol=0.02, tilt=True) + [
+        Phase("lift", lambda ex: ex.object(0)[0] * np.array([1, 1, 0]) + np.array([0, 0, ex.object(1)[0][2] + 0.25]), 0.0,
+              tol=0.04, tilt=True),
+        Phase("carry", _in_bin(0.22), 0.0, tol=0.04, tilt=True),
+        Phase("lower", _in_bin(0.12), 0.0, tol=0.04, tilt=True),
+        Phase("release", _hold, 1.0, steps=e.gains.release_steps, tilt=True),
+        Phase("retreat", _back_up, 1.0, tilt=True),
     ]
 
 
@@ -170,7 +219,7 @@ _PLANS: dict[str, Callable[[Expert], list[Phase]]] = {"lift": _lift_plan, "stack
 def run_expert_episode(env: SimEnv, seed: int, gains: Gains | None = None) -> dict[str, object]:
     """One expert episode: per step observation, native action; success and step count."""
     obs = env.reset(seed)
-    expert = Expert(env, gains or Gains())
+    expert = Expert(env, gains)
     frames: list[dict[str, np.ndarray]] = []
     success = False
     for _ in range(env.horizon):
