@@ -188,6 +188,26 @@ def test_can_expert_reaches_the_bin_at_the_edge_of_reach() -> None:
     assert run_expert_episode(SimEnv("can", "xarm7"), 0)["success"]
 
 
+def test_tilted_can_grasp_closes_across_the_reach_direction_with_both_fingers_level() -> None:
+    from embodyhub.envs.sim import Expert, SimEnv, run_expert_episode
+
+    # the Robotiq85 closes across its hinge axis, the Panda gripper along its slide joint
+    assert np.allclose(np.abs(SimEnv("can", "kinova3").closing_axis()), [1, 0, 0], atol=1e-6)
+    assert np.allclose(np.abs(SimEnv("lift", "panda").closing_axis()), [1, 0, 0], atol=1e-6)
+    env = SimEnv("can", "xarm7")
+    assert np.allclose(np.abs(env.closing_axis()), [0, 1, 0], atol=1e-6)
+    # collection seed 20 (can 0.75 m out): closing along the reach direction, the tilt put one finger 1.6 cm
+    # lower, on the can's rim, and knocked the can over
+    env.reset(20)
+    expert = Expert(env)
+    while expert.phases[expert.phase].name != "close":
+        env.step_canonical(expert.act())
+    closing = env.ee_pose()[:3, :3] @ env.closing_axis()
+    reach = expert.object(0)[0][:2] / np.linalg.norm(expert.object(0)[0][:2])
+    assert abs(closing[2]) < 0.05 and abs(closing[:2] @ reach) < 0.05
+    assert run_expert_episode(env, 20)["success"]
+
+
 def test_collect_writes_a_dataset_that_loads_resumes_and_refuses_another_robot(tmp_path) -> None:
     from embodyhub.data import load_dataset
     from embodyhub.envs.sim import collect

@@ -184,6 +184,18 @@ class SimEnv:
         T[:3, 3] = R_b.T @ (data.site_xpos[self._site] - p_b)
         return T
 
+    def closing_axis(self) -> np.ndarray:
+        """Unit vector, in the grip site's frame, along which the fingers close: the gripper joint's axis for a
+        slide joint, across its hinge axis and the approach (the site's z) for a hinge."""
+        import mujoco
+
+        model, data = self.sim.model, self.sim.data
+        joint = model.joint_name2id(self.embodiment.grippers[0].joint)
+        axis = data.site_xmat[self._site].reshape(3, 3).T @ data.xaxis[joint]
+        if model.jnt_type[joint] == mujoco.mjtJoint.mjJNT_HINGE:
+            axis = np.cross(axis, [0.0, 0.0, 1.0])
+        return axis / np.linalg.norm(axis)
+
     def observation(self) -> dict[str, np.ndarray]:
         """LeRobot-named observation of the current state (float32 vectors, uint8 HWC image)."""
         obs = {
