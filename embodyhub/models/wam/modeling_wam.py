@@ -295,7 +295,7 @@ class WamModel(WamPreTrainedModel):
         cfg = self.config
         output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
-        return_dict = cfg.use_return_dict if return_dict is None else return_dict
+        return_dict = cfg.return_dict if return_dict is None else return_dict
         past = cache.get_seq_length() if cache is not None else 0
         embeds = self.embed_actions(input_ids, action_dims, action_steps)
         new_mask = torch.ones(input_ids.shape, dtype=torch.bool, device=input_ids.device)
@@ -457,7 +457,7 @@ class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
         The prefix inputs (``joint_features`` ... ``goal_mask``, optional ``pixel_values``) come from
         ``WamProcessor`` and are needed only while the cache is empty. ``output_attentions``,
         ``output_hidden_states`` and ``return_dict`` follow transformers; an unknown keyword is a ``TypeError``."""
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         out = self.model(
             input_ids, action_dims, action_steps, joint_features, joint_mask, state, state_mask, goal, goal_mask,
             pixel_values, attention_mask, cache=cache, use_cache=use_cache, output_attentions=output_attentions,
