@@ -460,6 +460,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         graph_iqr, chunk_iqr = ("{:.2f}-{:.2f}".format(*r[k]) for k in ("graph_iqr_ms", "total_iqr_ms"))
         print(f"{r['robot']:<14} {r['backend']:<26} {r['graph_ms']:>9.2f} {graph_iqr:>15} {r['graph_runs']:>5} "
               f"{r['total_ms']:>9.2f} {chunk_iqr:>15} {r['total_runs']:>5} {r['budget_ms']:>10.1f}{flag}")
+    for e in manifest["embodiments"]:
+        if "default_session_check" in e:  # bundles from before the manifest listed the session options lack it
+            print(f"{e['robot']}: ONNX vs PyTorch, max |canonical difference|: {e['onnx_check']['max_abs_canonical']:.1e} with the "
+                  f"bundle's session options (README.md), {e['default_session_check']['max_abs_canonical']:.1e} with onnxruntime's defaults")
     return 0
 
 
@@ -616,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="folder (or Hub id) with the model and processor (default: the shipped tiny base)")
     p.add_argument("--adapter", help="LoRA adapter folder to merge before quantizing")
     p.add_argument("--target", default="thor", choices=["thor"], help="deployment target")
-    p.add_argument("--precision", choices=["int8", "int4", "fp8", "float32"], help="override the recipe's precision")
+    p.add_argument("--precision", choices=["int8", "int4", "fp8", "float32", "float16"], help="override the recipe's precision")
     p.add_argument("--robot", action="append", help="robots to export graphs for (default: the adapter's or all the model's)")
     p.add_argument("--recipe", default="export_thor", help="recipe YAML (or a bundled recipe name)")
     p.add_argument("--out", required=True, help="bundle folder")
