@@ -149,12 +149,15 @@ def _model_dir(value: str | None, what: str = "model") -> str:
     return value
 
 
-def _report_eval(results: dict[str, Any], out: Path, title: str) -> None:
+def _report_eval(results: dict[str, Any], out: Path, title: str, baselines: Sequence[str] = ()) -> None:
+    """``eval.json`` + ``eval.png`` + a table; rows named in ``baselines`` are marked as comparisons (a card's
+    model-index leaves them out)."""
     from .training import plot_results
 
     out.mkdir(parents=True, exist_ok=True)
     summary = {
-        name: {k: r[k] for k in ("episodes", "success_rate", "pos_err", "rot_err", "steps")} for name, r in results.items()
+        name: {k: r[k] for k in ("episodes", "success_rate", "pos_err", "rot_err", "steps")} | ({"baseline": True} if name in baselines else {})
+        for name, r in results.items()
     }
     (out / "eval.json").write_text(json.dumps(summary, indent=2))
     png = plot_results(results, out / "eval.png", title)
@@ -334,7 +337,8 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     )
     if before is not None:
         after = evaluate_reach(model, processor, [emb], *eval_args, goal_distance=recipe.goal_distance)
-        _report_eval({f"{emb.name} zero-shot": before[emb.name], f"{emb.name} LoRA": after[emb.name]}, out, "reach before/after LoRA")
+        _report_eval({f"{emb.name} zero-shot": before[emb.name], f"{emb.name} LoRA": after[emb.name]}, out, "reach before/after LoRA",
+                     baselines=[f"{emb.name} zero-shot"])
         if after[emb.name]["success_rate"] < before[emb.name]["success_rate"]:
             # Cloning a slow, velocity-saturated demonstrator can do worse than the base (README, "Transfer").
             print(

@@ -150,6 +150,13 @@ def test_cards_of_the_three_kinds_parse_and_validate(tmp_path):
     assert results == {("panda", "success_rate"): 0.75, ("panda", "pos_err"): 0.0123}
     assert "75.0%" in base.text and "![closed-loop reach" in base.text and cards["base"].extra_files["eval.png"].is_file()
     assert "rank 2" in cards["adapter"].text and "q_proj" in cards["adapter"].text
+    # an adapter's eval.json (embodyhub adapt) holds the base's zero-shot row as a baseline: shown, not reported as the adapter's
+    adapted = {"panda zero-shot": {**EVAL["panda"], "baseline": True}, "panda LoRA": {**EVAL["panda"], "success_rate": 0.9}}
+    (tmp_path / "adapt").mkdir()
+    (tmp_path / "adapt" / "eval.json").write_text(json.dumps(adapted))
+    card = ModelCard(render_card(adapter, "org/panda-lora", base_model="org/wam-tiny", eval_path=tmp_path / "adapt" / "eval.json").text)
+    assert {(r.dataset_config, r.metric_type): r.metric_value for r in card.data.eval_results}[("panda LoRA", "success_rate")] == 0.9
+    assert {r.dataset_config for r in card.data.eval_results} == {"panda LoRA"} and "panda zero-shot (baseline: not this model)" in card.text
     assert "int8" in cards["export"].text and "trtexec --onnx=model.onnx" in cards["export"].text
     assert "| `ur5` | 6 |" in cards["export"].text and "ur5: latency ms onnxruntime_cpu_1_thread | 3.1" in cards["export"].text
     assert "ur5" in ModelCard(cards["export"].text).data.tags  # robots from the manifest's per-robot entries too

@@ -75,7 +75,8 @@ def _robot_row(card: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_eval(path: str | os.PathLike | None) -> dict[str, dict[str, Any]]:
-    """The per-robot summary ``embodyhub eval`` writes (``{robot: {episodes, success_rate, ...}}``)."""
+    """The per-robot summary ``embodyhub eval`` writes (``{robot: {episodes, success_rate, ...}}``); a row with
+    ``"baseline": true`` (``embodyhub adapt``'s zero-shot row) is a comparison, not the published model's result."""
     if path is None:
         return {}
     data = json.loads(Path(path).read_text())
@@ -172,7 +173,7 @@ def render_card(
         base_model=base_model if kind != "base" else None,
         datasets=list(datasets) or None,
         model_name=repo_id,
-        eval_results=eval_results(results) or None,
+        eval_results=eval_results({k: v for k, v in results.items() if not v.get("baseline")}) or None,  # this model's own rows
     )
     values: dict[str, Any] = {
         "repo_id": repo_id,
