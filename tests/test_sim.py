@@ -297,3 +297,25 @@ def test_collect_cli_records_camera_frames_and_refuses_other_camera_settings(tmp
     assert main([*args, "--camera", "agentview", "--image-size", "32"]) == 0  # the same settings resume
     assert main([*args[:-1], str(tmp_path / "other"), "--camera", "nocam"]) != 0
     assert "no camera 'nocam' in Lift; robosuite's cameras include agentview" in capsys.readouterr().err
+
+
+def test_card_of_a_sim_derived_robot_names_its_mjcf_and_reports_success_per_task(tmp_path) -> None:
+    from huggingface_hub import ModelCard
+
+    from embodyhub.envs.sim import sim_embodiment
+    from embodyhub.hub import render_card
+    from embodyhub.hub.cards import EVAL_FILE
+
+    bundle = tmp_path / "bundle"
+    emb = sim_embodiment("xarm7")
+    emb.save_pretrained(bundle / "embodiments" / emb.name)
+    (bundle / "manifest.json").write_text(json.dumps({"base_model": "org/wam", "precision": "int8", "embodiments": []}))
+    rows = [{"task": task, "robot": "xarm7", "control": "joint", "policy": "expert", "episodes": 50, "seeds": [1_000_000, 1_000_049],
+             "success_rate": rate, "mean_steps": 60.0, "cpu_s_per_episode": 0.7} for task, rate in (("lift", 1.0), ("stack", 0.98))]
+    (tmp_path / EVAL_FILE).write_text(json.dumps(rows))
+    card = ModelCard(render_card(bundle, "org/wam-xarm7", eval_path=tmp_path / EVAL_FILE).text)
+    assert f"MJCF `{emb.mjcf['sha256'][:16]}…`" in card.text
+    assert {(r.dataset_type, r.dataset_config, r.metric_value) for r in card.data.eval_results} == {
+        ("embodyhub/robosuite-lift", "xarm7", 1.0), ("embodyhub/robosuite-stack", "xarm7", 0.98)}
+    assert "`embodyhub eval --env lift,stack --robot xarm7 --policy expert --control joint --episodes 50 --seed 1000000`" in card.text
+    assert "| xarm7 | stack | expert | joint | 50 (1000000-1000049) | 98.0% | 60.0 |" in card.text
