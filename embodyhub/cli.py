@@ -329,9 +329,10 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     if args.data and not Path(args.data).is_dir():
         raise EmbodyHubError(f"no dataset folder {args.data}: give a LeRobot v3 dataset folder, or leave --data out")
     if args.data:
-        from .data import check_features
+        from .data import check_features, needed_features
 
-        check_features(args.data)
+        config = Path(base, "config.json")  # a local base: check against what it needs; else the v1 features
+        check_features(args.data, needed_features(json.loads(config.read_text()) if config.is_file() else {}))
     emb = _embodiment_from_args(args)
     from transformers import AutoModel, AutoProcessor
 

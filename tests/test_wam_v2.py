@@ -211,3 +211,15 @@ def test_shipped_tiny_base_loads_and_decodes_as_before_v2(name):
     dims, steps, prefix = inputs(processor({"state": q, "goal": goal, "environment_state": torch.zeros(1, 12), "task": "x"}, emb))
     assert "keypoints" not in prefix and "task_ids" not in prefix  # a v1 processor leaves the v2 inputs out
     assert model.sample_action_tokens(dims, steps, **prefix)["tokens"][0].tolist() == TINY_BASE_TOKENS[name]
+
+
+def test_export_refuses_v2_inputs_and_adapt_needs_no_goal(v2, tmp_path):
+    from embodyhub.data import needed_features
+    from embodyhub.errors import EmbodyHubError
+    from embodyhub.export.onnx import export_policy
+
+    model, processor = v2
+    with pytest.raises(EmbodyHubError, match="keypoints .*export takes joint state and goal poses only"):
+        export_policy(model, processor, "panda", tmp_path / "p.onnx")
+    assert needed_features(model.config.to_dict()) == ("observation.state", "action")
+    assert "observation.goal" in needed_features(WamConfig(**TINY).to_dict())
