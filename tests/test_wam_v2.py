@@ -148,6 +148,11 @@ def test_invalid_keypoints_are_refused(v2):
         processor({**obs, "environment_state": torch.zeros(3, 7)}, "panda")
     with pytest.raises(ConfigError, match="max_keypoints=-1"):
         WamConfig(max_keypoints=-1)
+    model, _ = v2
+    batch = dict(processor(obs, "panda"))
+    batch["task_ids"] = batch["task_ids"] + model.config.task_vocab_size  # another processor's vocabulary
+    with pytest.raises(InvalidActionError, match="task vocabulary must be the one the model was built with"):
+        model.predict_action(**batch)
 
 
 def test_flow_targets_imagine_and_a_loss_that_falls(v2):

@@ -280,6 +280,11 @@ class WamModel(WamPreTrainedModel):
         if self.task_embed is not None:
             if task_ids is None:
                 task_ids = torch.zeros(B, cfg.max_task_tokens, dtype=torch.long, device=states.device)
+            elif task_ids.shape[1:] != (cfg.max_task_tokens,) or int(task_ids.max()) >= cfg.task_vocab_size:
+                raise InvalidActionError(
+                    f"task_ids must be [B, {cfg.max_task_tokens}] ids below {cfg.task_vocab_size} (the processor's task "
+                    "vocabulary must be the one the model was built with)"
+                )
             parts.append(self.task_embed(task_ids))
         elif task_ids is not None:
             raise InvalidActionError("this model was configured without task inputs (task_vocab_size=0)")
