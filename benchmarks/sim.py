@@ -37,7 +37,7 @@ def fk_table(robots: list[str]) -> None:
 
 
 def expert_table(robots: list[str], tasks: list[str], episodes: int, controls: list[str], workers: int) -> None:
-    from embodyhub.envs.sim import evaluate_expert
+    from embodyhub.envs.sim import evaluate_policy
 
     print(f"\n## Scripted experts, {episodes} evaluation episodes per cell (seeds from 1000000)\n")
     print(f"| {'robot':<8} | {'task':<5} | {'control':<7} | {'success':>7} | {'mean steps':>10} | {'CPU-s/episode':>13} |")
@@ -45,7 +45,7 @@ def expert_table(robots: list[str], tasks: list[str], episodes: int, controls: l
     for robot in robots:
         for task in tasks:
             for control in controls:
-                r = evaluate_expert(task, robot, episodes, workers=workers, control=control, progress=False)
+                r = evaluate_policy(task, robot, episodes, workers=workers, control=control, progress=False)
                 print(f"| {robot:<8} | {task:<5} | {control:<7} | {r['success_rate']:>7.0%} | {r['mean_steps']:>10.1f} | "
                       f"{r['cpu_s_per_episode']:>13.2f} |", flush=True)
 

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache
 
 from ..embodiment import Embodiment
+from ..errors import EmbodyHubError
 from ..models.wam import WamForActionPrediction, WamProcessor
 from . import kernels
 from .quantize import QuantizedLinear, dequantize_once
@@ -43,6 +44,17 @@ INPUT_NAMES = ["q", "goal"]
 OUTPUT_NAMES = ["tokens", "canonical"]
 OPSET = 18
 ONNX_DATA_NAME = "weights.onnx.data"  # the external-data file a bundle's graphs share
+
+
+def check_exportable(model: WamForActionPrediction) -> None:
+    """The exported graphs take joint state and goal poses only: refuse a model that reads keypoints or task
+    words (the v2 inputs), which would run blind without them."""
+    cfg = model.config
+    if cfg.max_keypoints or cfg.task_vocab_size:
+        raise EmbodyHubError(
+            f"this model reads object keypoints (max_keypoints={cfg.max_keypoints}) or task words (task_vocab_size="
+            f"{cfg.task_vocab_size}); export takes joint state and goal poses only so far: export a goal-based model"
+        )
 
 
 class PolicyGraph(nn.Module):
@@ -347,6 +359,7 @@ def export_policy(
 
     ``fp16_initializers`` stores float initializers whose values are exactly float16 as float16 plus a Cast
     (the quantized model's float tensors are rounded to float16, so its file shrinks by half there)."""
+    check_exportable(model)
     model = model.eval()
     emb = processor.resolve(embodiment)
     q, goal = example_inputs(emb, batch_size)

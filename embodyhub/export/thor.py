@@ -34,6 +34,7 @@ from .onnx import (
     ONNX_DATA_NAME,
     OUTPUT_NAMES,
     check_against_torch,
+    check_exportable,
     check_decode_step,
     example_inputs,
     export_decode_step,
@@ -181,6 +182,7 @@ def build_bundle(
     The graphs are checked and timed as shipped: after their weights moved to the shared data file."""
     if batch_size < 1:
         raise EmbodyHubError(f"batch_size must be at least 1, got {batch_size}")
+    check_exportable(model)  # before the model is quantized in place
     robots = robots or list(processor.embodiment_names)
     if not robots:
         raise EmbodyHubError("the processor has no embodiment cards; pass robots the bundle is for")

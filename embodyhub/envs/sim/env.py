@@ -16,7 +16,7 @@ centre and three points 5 cm along its axes) in the arm's base frame, and option
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -268,6 +268,27 @@ class SimEnv:
 
     def close(self) -> None:
         self.env.close()
+
+
+Controller = Callable[["SimEnv"], Callable[[dict[str, np.ndarray]], tuple[dict[str, np.ndarray], np.ndarray]]]
+
+
+def run_episode(env: SimEnv, seed: int, controller: Controller) -> dict[str, Any]:
+    """One episode on ``env`` from scene ``seed``: ``controller(env)``, called after the reset, returns the step
+    function ``act(observation) -> (next observation, native action sent)``; the episode ends on success or at
+    the task's horizon. Returns the frames (observation + ``action``), success and step count."""
+    obs = env.reset(seed)
+    act = controller(env)
+    frames: list[dict[str, np.ndarray]] = []
+    success = False
+    for _ in range(env.horizon):
+        next_obs, action = act(obs)
+        frames.append({**obs, "action": np.asarray(action, dtype=np.float32)})
+        obs = next_obs
+        if env.success():
+            success = True
+            break
+    return {"frames": frames, "success": success, "steps": len(frames)}
 
 
 def _rotvec(R: np.ndarray) -> np.ndarray:
