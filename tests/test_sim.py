@@ -137,7 +137,9 @@ def test_observation_is_lerobot_shaped_and_keypoints_are_in_the_base_frame() -> 
     # the red cube's centre, from robosuite's own world-frame observation, moved into the base frame
     R_b, p_b = env._base_pose()
     assert np.allclose(kp[0], (env._obs["cubeA_pos"] - p_b) @ R_b, atol=1e-5)
-    assert np.allclose(np.linalg.norm(kp[1:4] - kp[0], axis=1), 0.05, atol=1e-5)
+    # its axis points sit at its half extents (2 cm), the green cube's at 2.5 cm: the points carry the size
+    assert np.allclose(np.linalg.norm(kp[1:4] - kp[0], axis=1), 0.02, atol=1e-5)
+    assert np.allclose(np.linalg.norm(kp[5:8] - kp[4], axis=1), 0.025, atol=1e-5)
     again = env.reset(7)["observation.environment_state"]
     other = env.reset(8)["observation.environment_state"]
     assert np.array_equal(again, obs["observation.environment_state"]) and not np.array_equal(other, again)
@@ -385,3 +387,17 @@ def test_a_wam_drives_the_simulator_from_keypoints_and_the_task(tiny_sim_model, 
     (row,) = json.loads((out / "eval.json").read_text())
     assert row["policy"] == str(folder) and row["seeds"] == [EVAL_SEED, EVAL_SEED]
     assert row["mean_steps"] == 150 and row["success_rate"] == 0.0  # an untrained model does not lift the cube
+
+
+def test_triton_loads_after_a_camera_env_has_rendered() -> None:
+    """Mesa EGL's LLVM and triton's used to clash: a rendered camera frame, then ``import triton`` (what
+    transformers does lazily) killed the process with SIGSEGV."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    code = ("from embodyhub.envs.sim import SimEnv\n"
+            "env = SimEnv('lift', 'panda', camera='agentview', image_size=32)\n"
+            "env.reset(0)\nenv.step(env.joint_state())\nimport triton\nprint('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]

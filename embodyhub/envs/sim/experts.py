@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from .env import KEYPOINT_SCALE, SimEnv, run_episode
+from .env import SimEnv, run_episode
 
 Target = Callable[["Expert"], np.ndarray]
 
@@ -60,7 +60,8 @@ class Phase:
 
 def _object(obs_keypoints: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
     k = obs_keypoints.reshape(-1, 3)[4 * index: 4 * index + 4]
-    return k[0], (k[1:] - k[0]).T / KEYPOINT_SCALE  # centre, rotation (columns = object axes)
+    axes = k[1:] - k[0]  # one point per object axis, at the object's half extent
+    return k[0], (axes / np.linalg.norm(axes, axis=1, keepdims=True)).T  # centre, rotation (columns = object axes)
 
 
 @dataclass

@@ -187,8 +187,8 @@ def collect(
             with np.load(path) as data:
                 episodes_data.append({**{k: data[k] for k in data.files}, "task": sim_task(task).description})
     extra = {"embodyhub": {"embodiment": emb.to_card(), "collection": config,
-                           "observation.environment_state": "per object: centre then 3 points 5 cm along its x, y, z "
-                                                            "axes (m), in the arm's base frame"}}
+                           "observation.environment_state": "per object: centre then one point on each of its x, y, z "
+                                                            "axes at the object's half extent (m), in the arm's base frame"}}
     write_dataset(out, episodes_data, emb.control_hz, emb.name, None, extra, overwrite=True)
     emb.save_pretrained(out / EMBODIMENT_DIR)
     return out
