@@ -1,7 +1,8 @@
 """Thor export benchmark: size, action error, closed-loop success and latency per precision.
 
 Peer: the same WAM in float32 (eager PyTorch, and its own float32 bundle for sizes). On CPU it prints,
-for float32 / int8 / int4 / fp8 bundles of the tiny base: bundle and weight-file size vs float32, the
+for float32 / float16 / int8 / int4 / fp8 bundles of the tiny base: bundle and weight-file size vs float32
+and vs float16, the
 ONNX bytes (the policy graph's structure and the external-data file the bundle's graphs share), the
 action error vs float32 in normalized units (fraction of each canonical dimension's range) and token
 agreement, closed-loop reach success of the quantized model (``evaluate_reach``), and latency per
@@ -52,7 +53,7 @@ from embodyhub.export.onnx import (
 from embodyhub.export.thor import ExportRecipe, build_bundle, load_model, median_ms
 from embodyhub.training import evaluate_reach
 
-PRECISIONS = ["float32", "int8", "int4", "fp8"]
+PRECISIONS = ["float32", "float16", "int8", "int4", "fp8"]
 BIG = dict(hidden_size=1024, num_hidden_layers=8, num_attention_heads=16, intermediate_size=4096)  # ~134M params (GPU tables)
 WIDE = dict(hidden_size=2048, num_hidden_layers=2, num_attention_heads=16, intermediate_size=8192)  # ~134M params, 4x fewer layers
 MID = dict(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, intermediate_size=2048)  # ~17M params (file sizes)
@@ -114,7 +115,7 @@ def cpu_table(args: argparse.Namespace) -> None:
     rows, runners = [], {}
     for precision in PRECISIONS:
         model, _, _ = load_model(model_dir)
-        config = QuantConfig(precision, group_size=args.group_size, keep_float="float32" if precision == "float32" else "float16")
+        config = QuantConfig(precision, group_size=args.group_size)
         out = Path(args.out) / precision
         manifest = build_bundle(model, processor, out, config, [args.robot], latency_repeats=args.repeats)
         files = manifest["files"]
@@ -143,13 +144,14 @@ def cpu_table(args: argparse.Namespace) -> None:
     for r in rows:
         for kind in ("torch", "once", "ort"):
             r[f"{kind}_ms"] = statistics.median(samples[(r["precision"], kind)][2:])
-    f32 = rows[0]
+    f32, f16 = rows[0], rows[1]
     print(f"\ntiny base {model_dir}, robot {args.robot}, CPU {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}")
-    print(f"{'precision':<9} {'bundle MB':>9} {'x f32':>6} {'weights MB':>10} {'x f32':>6} {'graph KB':>8} {'data MB':>7} {'err mean':>9} {'err max':>8} "
+    print(f"{'precision':<9} {'bundle MB':>9} {'x f32':>6} {'x f16':>6} {'weights MB':>10} {'x f32':>6} {'x f16':>6} {'graph KB':>8} {'data MB':>7} {'err mean':>9} {'err max':>8} "
           f"{'tokens':>7} {'onnx diff':>9} {'success':>8} {'torch ms':>9} {'once ms':>8} {'ort ms':>7}")
     for r in rows:
         print(f"{r['precision']:<9} {r['bundle_bytes'] / 1e6:>9.2f} {r['bundle_bytes'] / f32['bundle_bytes']:>6.3f} "
-              f"{r['weights_bytes'] / 1e6:>10.2f} {r['weights_bytes'] / f32['weights_bytes']:>6.3f} {r['graph_bytes'] / 1e3:>8.1f} "
+              f"{r['bundle_bytes'] / f16['bundle_bytes']:>6.3f} {r['weights_bytes'] / 1e6:>10.2f} {r['weights_bytes'] / f32['weights_bytes']:>6.3f} "
+              f"{r['weights_bytes'] / f16['weights_bytes']:>6.3f} {r['graph_bytes'] / 1e3:>8.1f} "
               f"{r['onnx_data_bytes'] / 1e6:>7.2f} "
               f"{r['err_mean']:>9.4f} {r['err_max']:>8.4f} {r['token_agreement']:>7.1%} {r['onnx_max_abs']:>9.1e} "
               f"{r['success']:>8.1%} {r['torch_ms']:>9.1f} {r['once_ms']:>8.1f} {r['ort_ms']:>7.1f}")
@@ -181,8 +183,7 @@ def mid_sizes(args: argparse.Namespace) -> None:
         torch.manual_seed(0)
         model = WamForActionPrediction(WamConfig(chunk_length=4, **MID)).eval()
         params = sum(p.numel() for p in model.parameters())
-        keep = "float32" if precision == "float32" else "float16"
-        quantize_model(model, QuantConfig(precision, group_size=args.group_size, keep_float=keep))
+        quantize_model(model, QuantConfig(precision, group_size=args.group_size))
         out = Path(args.out) / f"mid_{precision}"
         weights = save_quantized(model, out).stat().st_size
         onnx_bytes = export_decode_step(model, processor, args.robot, out / "decode_step.onnx").stat().st_size
@@ -191,10 +192,11 @@ def mid_sizes(args: argparse.Namespace) -> None:
         rows.append((precision, params, weights, onnx_bytes, ort_ms))
     length = processor.schedule(processor.resolve(args.robot))[0].numel()
     print(f"\nwider WAM {MID}: files per precision, onnxruntime ms per chunk ({args.robot}, {length} action tokens, 1 thread)")
-    print(f"{'precision':<9} {'params M':>8} {'weights MB':>10} {'x f32':>6} {'step onnx MB':>12} {'x f32':>6} {'ort ms':>7}")
-    f32 = rows[0]
+    print(f"{'precision':<9} {'params M':>8} {'weights MB':>10} {'x f32':>6} {'x f16':>6} {'step onnx MB':>12} {'x f32':>6} {'x f16':>6} {'ort ms':>7}")
+    f32, f16 = rows[0], rows[1]
     for precision, params, weights, onnx_bytes, ort_ms in rows:
-        print(f"{precision:<9} {params / 1e6:>8.1f} {weights / 1e6:>10.1f} {weights / f32[2]:>6.3f} {onnx_bytes / 1e6:>12.1f} {onnx_bytes / f32[3]:>6.3f} {ort_ms:>7.1f}")
+        print(f"{precision:<9} {params / 1e6:>8.1f} {weights / 1e6:>10.1f} {weights / f32[2]:>6.3f} {weights / f16[2]:>6.3f} "
+              f"{onnx_bytes / 1e6:>12.1f} {onnx_bytes / f32[3]:>6.3f} {onnx_bytes / f16[3]:>6.3f} {ort_ms:>7.1f}")
 
 
 def copy_bandwidth() -> float:

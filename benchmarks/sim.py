@@ -1,6 +1,6 @@
 """Manipulation benchmark tables: FK of the simulator's arms vs MuJoCo, expert success, throughput.
 
-    python benchmarks/sim.py                       # all three tables, 50 evaluation episodes per cell
+    python benchmarks/sim.py                       # all four tables, 50 evaluation episodes per cell
     python benchmarks/sim.py --episodes 10 --tasks lift --robots panda,jaco --skip osc
 
 1. FK check: every sim-derived embodiment's FK against MuJoCo's own grip-site pose, 100 random
@@ -12,6 +12,8 @@
    (the shipped tiny base: processor + predict_action + adapter decode + env), re-planning every step
    and executing whole chunks.
    The tiny base was trained on kinematic reach, so here it only measures cost, not skill.
+4. Camera frames: env-only steps per CPU-second on Lift/Panda with an 84 px agentview camera,
+   collision geoms only (what `collect --camera` renders) against the full visual meshes.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def fk_table(robots: list[str]) -> None:
 
 
 def expert_table(robots: list[str], tasks: list[str], episodes: int, controls: list[str], workers: int) -> None:
-    from embodyhub.envs.sim import evaluate_expert
+    from embodyhub.envs.sim import evaluate_policy
 
     print(f"\n## Scripted experts, {episodes} evaluation episodes per cell (seeds from 1000000)\n")
     print(f"| {'robot':<8} | {'task':<5} | {'control':<7} | {'success':>7} | {'mean steps':>10} | {'CPU-s/episode':>13} |")
@@ -43,7 +45,7 @@ def expert_table(robots: list[str], tasks: list[str], episodes: int, controls: l
     for robot in robots:
         for task in tasks:
             for control in controls:
-                r = evaluate_expert(task, robot, episodes, workers=workers, control=control, progress=False)
+                r = evaluate_policy(task, robot, episodes, workers=workers, control=control, progress=False)
                 print(f"| {robot:<8} | {task:<5} | {control:<7} | {r['success_rate']:>7.0%} | {r['mean_steps']:>10.1f} | "
                       f"{r['cpu_s_per_episode']:>13.2f} |", flush=True)
 
@@ -81,6 +83,25 @@ def throughput_table(robots: list[str], steps: int) -> None:
     print("\nsteps per CPU-second; the control rate is 20 Hz")
 
 
+def camera_table(steps: int) -> None:
+    from embodyhub.envs.sim import SimEnv
+
+    print(f"\n## Camera frames on Lift/Panda, agentview 84 px, {steps} steps each\n")
+    print("| rendered | steps per CPU-second |\n|---|---:|")
+    rates = {}
+    for label, visual in (("collision geoms", False), ("visual meshes", True)):
+        env = SimEnv("lift", "panda", camera="agentview", image_size=84, visual_meshes=visual)
+        env.reset(2_000_000)
+        q = env.joint_state()
+        start = time.process_time()
+        for _ in range(steps):
+            env.step(q)
+        rates[label] = steps / (time.process_time() - start)
+        env.close()
+        print(f"| {label} | {rates[label]:.0f} |")
+    print(f"\nvisual meshes are {rates['collision geoms'] / rates['visual meshes']:.1f}x slower")
+
+
 def _wam_rate(env, model, processor, steps: int, execute: int | None) -> float:
     """Closed-loop steps per CPU-second of the model holding the start pose, executing ``execute`` steps per chunk."""
     from embodyhub.envs import goal_vector
@@ -106,7 +127,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--steps", type=int, default=600, help="throughput steps per robot")
-    parser.add_argument("--skip", action="append", default=[], help="fk, expert, osc or throughput (repeatable)")
+    parser.add_argument("--skip", action="append", default=[], help="fk, expert, osc, throughput or camera (repeatable)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     robots, tasks = args.robots.split(","), args.tasks.split(",")
@@ -116,6 +137,8 @@ def main() -> None:
         expert_table(robots, tasks, args.episodes, ["joint"] + ([] if "osc" in args.skip else ["osc"]), args.workers)
     if "throughput" not in args.skip:
         throughput_table(robots, args.steps)
+    if "camera" not in args.skip:
+        camera_table(min(args.steps, 200))
 
 
 if __name__ == "__main__":

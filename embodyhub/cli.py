@@ -149,12 +149,15 @@ def _model_dir(value: str | None, what: str = "model") -> str:
     return value
 
 
-def _report_eval(results: dict[str, Any], out: Path, title: str) -> None:
+def _report_eval(results: dict[str, Any], out: Path, title: str, baselines: Sequence[str] = ()) -> None:
+    """``eval.json`` + ``eval.png`` + a table; rows named in ``baselines`` are marked as comparisons (a card's
+    model-index leaves them out)."""
     from .training import plot_results
 
     out.mkdir(parents=True, exist_ok=True)
     summary = {
-        name: {k: r[k] for k in ("episodes", "success_rate", "pos_err", "rot_err", "steps")} for name, r in results.items()
+        name: {k: r[k] for k in ("episodes", "success_rate", "pos_err", "rot_err", "steps")} | ({"baseline": True} if name in baselines else {})
+        for name, r in results.items()
     }
     (out / "eval.json").write_text(json.dumps(summary, indent=2))
     png = plot_results(results, out / "eval.png", title)
@@ -165,10 +168,14 @@ def _report_eval(results: dict[str, Any], out: Path, title: str) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from .embodiment import load_robot
     from .training import PretrainRecipe, build, evaluate_reach, prepare_data, train
 
-    recipe = PretrainRecipe.from_yaml(_recipe_path(args.recipe), train_steps=args.steps, episodes_per_robot=args.episodes)
+    recipe = PretrainRecipe.from_yaml(_recipe_path(args.recipe), train_steps=args.steps)
+    if args.episodes is not None:
+        recipe = dataclasses.replace(recipe, **{"episodes_per_task" if recipe.source == "sim" else "episodes_per_robot": args.episodes})
     out = Path(args.out)
     datasets = prepare_data(recipe, out / "data")
     model, processor = build(recipe)
@@ -182,6 +189,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     processor.save_pretrained(out / "model")
     (out / "train_log.json").write_text(json.dumps(log))
     print(f"model: {out / 'model'} ({log[-1]['seconds']:.0f} s of training, final loss {log[-2]['loss']:.3f})")
+    if recipe.source == "sim":
+        from .envs.sim import EVAL_SEED_BASE, ModelPolicy, evaluate_policy
+
+        if recipe.eval_episodes:
+            policy = ModelPolicy(str(out / "model"))
+            rows = [evaluate_policy(task, robot, recipe.eval_episodes, EVAL_SEED_BASE, recipe.workers, policy=policy)
+                    for robot in [*recipe.robots, *recipe.held_out] for task in recipe.tasks]
+            _report_sim_eval(rows, out, f"wam success (held out: {', '.join(recipe.held_out) or 'none'}; {recipe.eval_episodes} episodes each)")
+        return 0
     robots = [processor.resolve(n) for n in recipe.robots] + [load_robot(n) for n in recipe.held_out]
     results = evaluate_reach(
         model, processor, robots, recipe.eval_episodes, recipe.eval_max_steps, goal_distance=recipe.goal_distance
@@ -238,11 +254,17 @@ def _cmd_sim_eval(args: argparse.Namespace) -> int:
     """``eval --env``: closed-loop success on the manipulation benchmark (robosuite)."""
     from pathlib import Path
 
-    from .envs.sim import EVAL_SEED_BASE, evaluate_expert, sim_robot, sim_task
-    from .envs.sim.report import plot_success
+    from .envs.sim import EVAL_SEED_BASE, ModelPolicy, evaluate_policy, sim_robot, sim_task
 
-    if args.policy != "expert":
-        raise EmbodyHubError("eval --env runs --policy expert for now; WAM policies on the simulator come with the v2 base")
+    policy = args.policy or ("wam" if args.model or args.adapter else "expert")
+    model = None
+    if policy == "wam":
+        if not args.model:
+            raise EmbodyHubError("eval --env with a WAM needs --model: a model trained on the simulator "
+                                 "(`embodyhub train --recipe pretrain_sim`), not the goal-based tiny base")
+        model = ModelPolicy(_model_dir(args.model), _model_dir(args.adapter, "adapter") if args.adapter else None)
+    elif args.adapter:
+        raise EmbodyHubError("--adapter goes with --model (a WAM policy), not with --policy expert")
     if not args.robot:
         raise EmbodyHubError("eval --env needs --robot (repeatable)")
     tasks = [t.strip() for t in args.env.split(",")]
@@ -252,18 +274,25 @@ def _cmd_sim_eval(args: argparse.Namespace) -> int:
         sim_robot(name)
     seed = EVAL_SEED_BASE if args.seed is None else args.seed
     out = Path(args.out)
-    rows = [evaluate_expert(task, robot, args.episodes, seed, args.workers, control=args.control,
-                            videos=args.video, video_dir=out / "videos")
+    rows = [evaluate_policy(task, robot, args.episodes, seed, args.workers, control=args.control,
+                            videos=args.video, video_dir=out / "videos", policy=model)
             for robot in args.robot for task in tasks]
+    _report_sim_eval(rows, out, f"{policy} success ({args.control} control, {args.episodes} episodes each)")
+    return 0
+
+
+def _report_sim_eval(rows: list[dict[str, Any]], out: Path, title: str) -> None:
+    """``eval.json``, ``eval.png`` and a table of simulator evaluation rows (``evaluate_policy``)."""
+    from .envs.sim.report import plot_success
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(rows, indent=2) + "\n")
-    png = plot_success(rows, out / "eval.png", f"expert success ({args.control} control, {args.episodes} episodes each)")
+    png = plot_success(rows, out / "eval.png", title)
     print(f"{'robot':<10} {'task':<6} {'success':>8} {'mean steps':>11} {'CPU-s/ep':>9}")
     for r in rows:
         print(f"{r['robot']:<10} {r['task']:<6} {r['success_rate']:>8.0%} {r['mean_steps']:>11.1f} {r['cpu_s_per_episode']:>9.2f}")
     videos = [v for r in rows for v in r["videos"]]
     print(f"eval: {out / 'eval.json'} and {png}" + (f"; {len(videos)} rollout videos in {out / 'videos'}" if videos else ""))
-    return 0
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
@@ -303,9 +332,10 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     if args.data and not Path(args.data).is_dir():
         raise EmbodyHubError(f"no dataset folder {args.data}: give a LeRobot v3 dataset folder, or leave --data out")
     if args.data:
-        from .data import check_features
+        from .data import check_features, needed_features
 
-        check_features(args.data)
+        config = Path(base, "config.json")  # a local base: check against what it needs; else the v1 features
+        check_features(args.data, needed_features(json.loads(config.read_text()) if config.is_file() else {}))
     emb = _embodiment_from_args(args)
     from transformers import AutoModel, AutoProcessor
 
@@ -334,7 +364,8 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     )
     if before is not None:
         after = evaluate_reach(model, processor, [emb], *eval_args, goal_distance=recipe.goal_distance)
-        _report_eval({f"{emb.name} zero-shot": before[emb.name], f"{emb.name} LoRA": after[emb.name]}, out, "reach before/after LoRA")
+        _report_eval({f"{emb.name} zero-shot": before[emb.name], f"{emb.name} LoRA": after[emb.name]}, out, "reach before/after LoRA",
+                     baselines=[f"{emb.name} zero-shot"])
         if after[emb.name]["success_rate"] < before[emb.name]["success_rate"]:
             # Cloning a slow, velocity-saturated demonstrator can do worse than the base (README, "Transfer").
             print(
@@ -460,6 +491,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         graph_iqr, chunk_iqr = ("{:.2f}-{:.2f}".format(*r[k]) for k in ("graph_iqr_ms", "total_iqr_ms"))
         print(f"{r['robot']:<14} {r['backend']:<26} {r['graph_ms']:>9.2f} {graph_iqr:>15} {r['graph_runs']:>5} "
               f"{r['total_ms']:>9.2f} {chunk_iqr:>15} {r['total_runs']:>5} {r['budget_ms']:>10.1f}{flag}")
+    for e in manifest["embodiments"]:
+        if "default_session_check" in e:  # bundles from before the manifest listed the session options lack it
+            print(f"{e['robot']}: ONNX vs PyTorch, max |canonical difference|: {e['onnx_check']['max_abs_canonical']:.1e} with the "
+                  f"bundle's session options (README.md), {e['default_session_check']['max_abs_canonical']:.1e} with onnxruntime's defaults")
     return 0
 
 
@@ -544,7 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="pretrain_tiny", help="recipe YAML (or a bundled recipe name)")
     p.add_argument("--out", required=True, help="output folder: data/, model/, eval.json, eval.png")
     p.add_argument("--steps", type=int, help="override train_steps")
-    p.add_argument("--episodes", type=int, help="override episodes_per_robot")
+    p.add_argument("--episodes", type=int, help="override episodes_per_robot (episodes_per_task with source: sim)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("adapt", help="train a LoRA adapter for a new robot (its URDF or a bundled name)")
@@ -572,7 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--goal-distance", type=float, default=0.3, help="goal offset per joint from the start (rad or m)")
     p.add_argument("--seed", type=int, help="first episode's seed (default: 1234 for reach, 1000000 on --env)")
     p.add_argument("--env", help="manipulation benchmark task(s), comma-separated: lift, stack, can (robosuite)")
-    p.add_argument("--policy", default="expert", choices=["expert"], help="with --env: the policy to evaluate")
+    p.add_argument("--policy", choices=["expert", "wam"],
+                   help="with --env: the scripted expert or the --model WAM (default: wam when --model is given, else expert)")
+    p.add_argument("--adapter", help="with --env and --model: a LoRA adapter folder to load onto the model")
     p.add_argument("--control", default="joint", choices=["joint", "osc"],
                    help="with --env: joint targets through embodyhub's IK, or robosuite's OSC")
     p.add_argument("--workers", type=int, default=1, help="with --env: simulator worker processes")
@@ -616,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="folder (or Hub id) with the model and processor (default: the shipped tiny base)")
     p.add_argument("--adapter", help="LoRA adapter folder to merge before quantizing")
     p.add_argument("--target", default="thor", choices=["thor"], help="deployment target")
-    p.add_argument("--precision", choices=["int8", "int4", "fp8", "float32"], help="override the recipe's precision")
+    p.add_argument("--precision", choices=["int8", "int4", "fp8", "float32", "float16"], help="override the recipe's precision")
     p.add_argument("--robot", action="append", help="robots to export graphs for (default: the adapter's or all the model's)")
     p.add_argument("--recipe", default="export_thor", help="recipe YAML (or a bundled recipe name)")
     p.add_argument("--out", required=True, help="bundle folder")

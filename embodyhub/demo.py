@@ -276,10 +276,7 @@ class Demo:
                 eval_path = find_eval(local) or find_eval(self.out / stage)
                 res = publish(local, repo_id, base_model=base_model, eval_path=eval_path, endpoint=hub.url)
                 pulled = Path(snapshot_download(repo_id, endpoint=hub.url, cache_dir=folder / "cache"))
-                same = all(
-                    sha256(pulled / rel) == sha256(p)
-                    for rel, p in ((str(p.relative_to(local)), p) for p in local.rglob("*") if p.is_file() and p.name != "README.md")
-                )
+                same = all((pulled / rel).is_file() and sha256(pulled / rel) == digest for rel, digest in res.sha256.items())
                 card = (pulled / "README.md").read_text()
                 (folder / f"{kind}_card.md").write_text(card)
                 repos.append({"kind": kind, "repo": repo_id, "commit": res.commit_oid, "files": len(res.files),

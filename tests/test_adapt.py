@@ -56,7 +56,8 @@ def test_adapt_cli_trains_saves_and_reloads(recipe, tmp_path, capsys):
     for name in ("adapter_config.json", "adapter_model.safetensors", "embodiment.json", "robot.urdf", "wam_base.json"):
         assert (folder / name).is_file(), name
     assert load_dataset(out / "data" / "ur5").num_episodes == 4
-    assert set(json.loads((out / "eval.json").read_text())) == {"ur5 zero-shot", "ur5 LoRA"}
+    rows = json.loads((out / "eval.json").read_text())
+    assert set(rows) == {"ur5 zero-shot", "ur5 LoRA"} and rows["ur5 zero-shot"]["baseline"] and "baseline" not in rows["ur5 LoRA"]
     assert len(json.loads((out / "adapt_log.json").read_text())) == RECIPE["train_steps"] + 1
 
     ur5 = load_robot("ur5")

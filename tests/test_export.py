@@ -32,6 +32,7 @@ from embodyhub.export.onnx import (
 )
 from embodyhub.export.quantize import (
     dequantize_once,
+    fp8_supported,
     quantize_fp8,
     quantize_int4,
     quantize_int8,
@@ -250,6 +251,54 @@ def test_bundle_graphs_share_one_weights_file(tmp_path):
     (folder / ONNX_DATA_NAME).write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     with pytest.raises(EmbodyHubError, match="manifest hash"):
         verify_bundle(folder)
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4", "fp8"])
+def test_a_plain_session_opened_as_the_bundle_readme_says_gives_the_pytorch_actions(precision, tmp_path):
+    """The session the manifest's check ran is the one a user builds from the bundle's README with plain
+    onnxruntime; onnxruntime's defaults are recorded next to it for comparison."""
+    import re
+
+    from embodyhub.export.onnx import OUTPUT_NAMES, PolicyGraph
+    from embodyhub.export.thor import build_bundle
+
+    if precision == "fp8" and not fp8_supported():
+        pytest.skip("no float8 dtype in this torch build")
+    model, processor = tiny(seed=3)
+    processor.embodiments["panda"].control_hz = 1.0
+    folder = tmp_path / "bundle"
+    manifest = build_bundle(model, processor, folder, QuantConfig(precision, group_size=16), check_trials=2, latency_repeats=1, export_step=False)
+    entry = manifest["embodiments"][0]
+    assert entry["onnx_check"]["max_abs_canonical"] <= 1e-4 and "max_abs_canonical" in entry["default_session_check"]
+    (snippet,) = re.findall(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S)
+    scope: dict = {}
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        exec(snippet, scope)  # the README's own lines, run as written
+    finally:
+        os.chdir(cwd)
+    graph = PolicyGraph(model, processor, "panda").eval()
+    for seed in range(4):
+        q, goal = example_inputs(processor.resolve("panda"), 1, seed)
+        with torch.no_grad():
+            _, want = graph(q, goal)
+        got = scope["session"].run(OUTPUT_NAMES, {"q": q.numpy(), "goal": goal.numpy()})[1]
+        assert float(abs(torch.from_numpy(got) - want).max()) <= 1e-4
+
+
+@pytest.mark.parametrize("precision", ["float32", "float16"])
+def test_float_precisions_store_what_they_are_named(precision, tmp_path):
+    from safetensors import safe_open
+
+    model, processor = tiny()
+    config = QuantConfig(precision, keep_float="float16" if precision == "float32" else "float32")  # the name wins
+    assert config.keep_float == precision
+    quantize_model(model, config)
+    path = save_quantized(model, tmp_path, processor)
+    with safe_open(str(path), "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {f"torch.{precision}"}
+    assert not any(isinstance(m, QuantizedLinear) for m in model.modules())
 
 
 def test_bundle_manifest_cli_runtime_and_bench(tmp_path, capsys):

@@ -150,6 +150,13 @@ def test_cards_of_the_three_kinds_parse_and_validate(tmp_path):
     assert results == {("panda", "success_rate"): 0.75, ("panda", "pos_err"): 0.0123}
     assert "75.0%" in base.text and "![closed-loop reach" in base.text and cards["base"].extra_files["eval.png"].is_file()
     assert "rank 2" in cards["adapter"].text and "q_proj" in cards["adapter"].text
+    # an adapter's eval.json (embodyhub adapt) holds the base's zero-shot row as a baseline: shown, not reported as the adapter's
+    adapted = {"panda zero-shot": {**EVAL["panda"], "baseline": True}, "panda LoRA": {**EVAL["panda"], "success_rate": 0.9}}
+    (tmp_path / "adapt").mkdir()
+    (tmp_path / "adapt" / "eval.json").write_text(json.dumps(adapted))
+    card = ModelCard(render_card(adapter, "org/panda-lora", base_model="org/wam-tiny", eval_path=tmp_path / "adapt" / "eval.json").text)
+    assert {(r.dataset_config, r.metric_type): r.metric_value for r in card.data.eval_results}[("panda LoRA", "success_rate")] == 0.9
+    assert {r.dataset_config for r in card.data.eval_results} == {"panda LoRA"} and "panda zero-shot (baseline: not this model)" in card.text
     assert "int8" in cards["export"].text and "trtexec --onnx=model.onnx" in cards["export"].text
     assert "| `ur5` | 6 |" in cards["export"].text and "ur5: latency ms onnxruntime_cpu_1_thread | 3.1" in cards["export"].text
     assert "ur5" in ModelCard(cards["export"].text).data.tags  # robots from the manifest's per-robot entries too
@@ -340,6 +347,11 @@ def test_adapter_and_bundle_repos_and_push_to_hub_cards(hub, tmp_path):
         peft_model, robot = load_adapter(AutoModel.from_pretrained("org/lora-base").eval(), snapshot_download("org/panda-lora"))
         native = AutoModel.from_pretrained("org/lora-base").eval()
         native.load_adapter("org/panda-lora", adapter_name="panda")  # transformers' PEFT path, checked by us
+        # the published adapter names its base by Hub id (the local training folder does not exist here)
+        from peft import PeftConfig, PeftModel
+        base_id = PeftConfig.from_pretrained("org/panda-lora").base_model_name_or_path
+        via_peft = PeftModel.from_pretrained(AutoModel.from_pretrained(base_id).eval(), "org/panda-lora").eval()
+        via_auto = AutoModel.from_pretrained("org/panda-lora").eval()
         bundle = snapshot_download("org/wam-thor")
         # push_to_hub goes through embodyhub's card, also when the model and processor are pushed separately
         model = WamForActionPrediction.from_pretrained("org/lora-base")
@@ -348,11 +360,14 @@ def test_adapter_and_bundle_repos_and_push_to_hub_cards(hub, tmp_path):
         from huggingface_hub import hf_hub_download
         card = open(hf_hub_download("org/pushed", "README.md")).read()
         print(json.dumps({"peft": actions(peft_model, processor), "native": actions(native, processor), "robot": robot.name,
+                          "base_id": base_id, "via_peft": actions(via_peft, processor), "via_auto": actions(via_auto, processor),
                           "manifest": json.load(open(bundle + "/manifest.json"))["precision"], "card": card}))
     """
     out = json.loads(client(hub, code, tmp_path / "home2").stdout.splitlines()[-1])
     assert out["robot"] == "panda" and out["manifest"] == "int8"
     assert out["peft"] == expected and out["native"] == expected
+    assert out["base_id"] == "org/lora-base" and out["via_peft"] == expected and out["via_auto"] == expected
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] != "org/lora-base"  # local file untouched
     card = ModelCard(out["card"])
     assert card.data.library_name == "embodyhub" and "panda" in card.data.tags
     assert "| `panda` | 8 |" in card.text and "32 (2 heads" in card.text  # robots from the processor, shape from the config

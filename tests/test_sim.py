@@ -137,7 +137,9 @@ def test_observation_is_lerobot_shaped_and_keypoints_are_in_the_base_frame() -> 
     # the red cube's centre, from robosuite's own world-frame observation, moved into the base frame
     R_b, p_b = env._base_pose()
     assert np.allclose(kp[0], (env._obs["cubeA_pos"] - p_b) @ R_b, atol=1e-5)
-    assert np.allclose(np.linalg.norm(kp[1:4] - kp[0], axis=1), 0.05, atol=1e-5)
+    # its axis points sit at its half extents (2 cm), the green cube's at 2.5 cm: the points carry the size
+    assert np.allclose(np.linalg.norm(kp[1:4] - kp[0], axis=1), 0.02, atol=1e-5)
+    assert np.allclose(np.linalg.norm(kp[5:8] - kp[4], axis=1), 0.025, atol=1e-5)
     again = env.reset(7)["observation.environment_state"]
     other = env.reset(8)["observation.environment_state"]
     assert np.array_equal(again, obs["observation.environment_state"]) and not np.array_equal(other, again)
@@ -262,10 +264,10 @@ def test_cli_errors_name_the_valid_envs_and_robots(capsys) -> None:
 def test_eval_videos_are_playable_gifs_of_the_same_episodes(tmp_path) -> None:
     from PIL import Image
 
-    from embodyhub.envs.sim import evaluate_expert
+    from embodyhub.envs.sim import evaluate_policy
 
-    plain = evaluate_expert("lift", "panda", 2, progress=False)
-    recorded = evaluate_expert("lift", "panda", 2, progress=False, videos=1, video_dir=tmp_path)
+    plain = evaluate_policy("lift", "panda", 2, progress=False)
+    recorded = evaluate_policy("lift", "panda", 2, progress=False, videos=1, video_dir=tmp_path)
     assert recorded["per_episode"] == plain["per_episode"] and recorded["mean_steps"] == plain["mean_steps"]
     assert len(recorded["videos"]) == 1
     with Image.open(recorded["videos"][0]) as gif:
@@ -317,3 +319,105 @@ def test_collect_cli_records_camera_frames_and_refuses_other_camera_settings(tmp
     assert main([*args, "--camera", "agentview", "--image-size", "32"]) == 0  # the same settings resume
     assert main([*args[:-1], str(tmp_path / "other"), "--camera", "nocam"]) != 0
     assert "no camera 'nocam' in Lift; robosuite's cameras include agentview" in capsys.readouterr().err
+
+
+def test_card_of_a_sim_derived_robot_names_its_mjcf_and_reports_success_per_task(tmp_path) -> None:
+    from huggingface_hub import ModelCard
+
+    from embodyhub.envs.sim import sim_embodiment
+    from embodyhub.hub import render_card
+    from embodyhub.hub.cards import EVAL_FILE
+
+    bundle = tmp_path / "bundle"
+    emb = sim_embodiment("xarm7")
+    emb.save_pretrained(bundle / "embodiments" / emb.name)
+    (bundle / "manifest.json").write_text(json.dumps({"base_model": "org/wam", "precision": "int8", "embodiments": []}))
+    rows = [{"task": task, "robot": "xarm7", "control": "joint", "policy": "expert", "episodes": 50, "seeds": [1_000_000, 1_000_049],
+             "success_rate": rate, "mean_steps": 60.0, "cpu_s_per_episode": 0.7} for task, rate in (("lift", 1.0), ("stack", 0.98))]
+    (tmp_path / EVAL_FILE).write_text(json.dumps(rows))
+    card = ModelCard(render_card(bundle, "org/wam-xarm7", eval_path=tmp_path / EVAL_FILE).text)
+    assert f"MJCF `{emb.mjcf['sha256'][:16]}…`" in card.text
+    assert {(r.dataset_type, r.dataset_config, r.metric_value) for r in card.data.eval_results} == {
+        ("embodyhub/robosuite-lift", "xarm7", 1.0), ("embodyhub/robosuite-stack", "xarm7", 0.98)}
+    assert "`embodyhub eval --env lift,stack --robot xarm7 --policy expert --control joint --episodes 50 --seed 1000000`" in card.text
+    assert "| xarm7 | stack | expert | joint | 50 (1000000-1000049) | 98.0% | 60.0 |" in card.text
+
+
+@pytest.fixture(scope="module")
+def lift_demos(tmp_path_factory):
+    from embodyhub.data import load_dataset
+    from embodyhub.envs.sim import collect
+
+    return load_dataset(collect(["lift"], "panda", 1, tmp_path_factory.mktemp("v2") / "panda-lift", progress=False))
+
+
+@pytest.fixture(scope="module")
+def tiny_sim_model(tmp_path_factory):
+    """A tiny, untrained v2 model built the way ``pretrain_sim`` builds its base, saved."""
+    from embodyhub.training import PretrainRecipe, build
+
+    recipe = PretrainRecipe(robots=["panda"], source="sim", tasks=["lift", "stack"], processor={"chunk_length": 4},
+                            model={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64})
+    model, processor = build(recipe)
+    folder = tmp_path_factory.mktemp("v2") / "model"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return model, processor, folder
+
+
+def test_chunk_samples_of_a_collected_dataset_feed_keypoints_task_and_flow(lift_demos, tiny_sim_model) -> None:
+    from embodyhub.training import chunk_samples, train
+
+    model, processor, _ = tiny_sim_model
+    assert processor.max_keypoints == 8 and model.config.task_vocab_size == processor.task_vocab_size
+    samples = chunk_samples(lift_demos, 4)
+    ep = lift_demos.episode(0)
+    T = len(ep["action"])
+    assert "goal" not in samples and samples["task"] == ["lift the cube"] * T
+    assert samples["environment_state"].shape == (T, 12) and samples["future_environment_state"].shape == (T, 4, 12)
+    assert torch.equal(samples["future_environment_state"][0, 0], ep["observation.environment_state"][1].double())
+    assert torch.equal(samples["future_state"][-1, -1], ep["observation.state"][-1].double())  # padded with the last
+    batch = processor({k: v[:5] for k, v in samples.items() if k != "actions"}, "panda", actions=samples["actions"][:5])
+    assert batch["keypoint_mask"].sum(-1).tolist() == [4] * 5 and batch["task_mask"].sum(-1).tolist() == [3] * 5
+    assert batch["world_mask"][:, :, :4].all() and not batch["world_mask"][:, :, 4:8].any()
+    # at the first frame the untouched cube only settles onto the table: its four points drop together, in z
+    flow = batch["world_targets"][0, :, :4]
+    assert flow[..., :2].abs().max() < 1e-3 and torch.allclose(flow, flow[:, :1].expand_as(flow), atol=1e-4)
+    log = train(model, processor, {"panda-lift": lift_demos}, steps=3, batch_size=8, learning_rate=1e-3, warmup_steps=1, progress=False)
+    assert all(torch.isfinite(torch.tensor([e["loss"], e["world_loss"]])).all() for e in log[:-1])
+
+
+def test_a_wam_drives_the_simulator_from_keypoints_and_the_task(tiny_sim_model, tmp_path) -> None:
+    from embodyhub.cli import main
+    from embodyhub.envs.sim import ModelPolicy, SimEnv
+
+    _, processor, folder = tiny_sim_model
+    env = SimEnv("lift", "xarm7")  # a held-out arm: its MJCF embodiment is passed as is
+    policy = ModelPolicy(str(folder)).build(env.embodiment, env.task.description)
+    obs = env.reset(EVAL_SEED := 1_000_000)
+    inputs = policy.inputs(obs)
+    assert inputs["environment_state"].shape == (1, 12) and inputs["task"] == "lift the cube"
+    for _ in range(5):  # a chunk of 4, then a re-plan
+        q = policy(obs)
+        assert q.shape == (env.embodiment.dof,)
+        assert np.all(q <= env.embodiment.upper.numpy() + 1e-9) and np.all(q >= env.embodiment.lower.numpy() - 1e-9)
+        obs = env.step(q)
+    out = tmp_path / "eval"
+    assert main(["eval", "--env", "lift", "--robot", "panda", "--model", str(folder), "--episodes", "1", "--out", str(out)]) == 0
+    (row,) = json.loads((out / "eval.json").read_text())
+    assert row["policy"] == str(folder) and row["seeds"] == [EVAL_SEED, EVAL_SEED]
+    assert row["mean_steps"] == 150 and row["success_rate"] == 0.0  # an untrained model does not lift the cube
+
+
+def test_triton_loads_after_a_camera_env_has_rendered() -> None:
+    """Mesa EGL's LLVM and triton's used to clash: a rendered camera frame, then ``import triton`` (what
+    transformers does lazily) killed the process with SIGSEGV."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    code = ("from embodyhub.envs.sim import SimEnv\n"
+            "env = SimEnv('lift', 'panda', camera='agentview', image_size=32)\n"
+            "env.reset(0)\nenv.step(env.joint_state())\nimport triton\nprint('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]

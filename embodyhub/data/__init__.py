@@ -12,6 +12,7 @@ __all__ = [
     "check_features",
     "generate",
     "load_dataset",
+    "needed_features",
     "write_dataset",
 ]
 
@@ -20,6 +21,7 @@ __getattr__, __dir__ = lazy_exports(
     {
         "DatasetError": "..errors",
         "check_features": ".features",
+        "needed_features": ".features",
         "CODEBASE_VERSION": ".lerobot",
         "LeRobotDataset": ".lerobot",
         "load_dataset": ".lerobot",

@@ -6,12 +6,19 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from ..errors import DatasetError
 
 # the shipped base reads joint state and a goal pose and learns the recorded actions
 DEMO_FEATURES = ("observation.state", "observation.goal", "action")
+# a v2 model (keypoints and/or task words) takes the goal, keypoints, task and images as optional inputs
+V2_FEATURES = ("observation.state", "action")
+
+
+def needed_features(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The features a model with this ``config.json`` content cannot train without."""
+    return V2_FEATURES if config.get("max_keypoints") or config.get("task_vocab_size") else DEMO_FEATURES
 
 
 def check_features(root: str | os.PathLike, needed: Sequence[str] = DEMO_FEATURES) -> dict:

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache
 
 from ..embodiment import Embodiment
+from ..errors import EmbodyHubError
 from ..models.wam import WamForActionPrediction, WamProcessor
 from . import kernels
 from .quantize import QuantizedLinear, dequantize_once
@@ -43,6 +44,17 @@ INPUT_NAMES = ["q", "goal"]
 OUTPUT_NAMES = ["tokens", "canonical"]
 OPSET = 18
 ONNX_DATA_NAME = "weights.onnx.data"  # the external-data file a bundle's graphs share
+
+
+def check_exportable(model: WamForActionPrediction) -> None:
+    """The exported graphs take joint state and goal poses only: refuse a model that reads keypoints or task
+    words (the v2 inputs), which would run blind without them."""
+    cfg = model.config
+    if cfg.max_keypoints or cfg.task_vocab_size:
+        raise EmbodyHubError(
+            f"this model reads object keypoints (max_keypoints={cfg.max_keypoints}) or task words (task_vocab_size="
+            f"{cfg.task_vocab_size}); export takes joint state and goal poses only so far: export a goal-based model"
+        )
 
 
 class PolicyGraph(nn.Module):
@@ -347,6 +359,7 @@ def export_policy(
 
     ``fp16_initializers`` stores float initializers whose values are exactly float16 as float16 plus a Cast
     (the quantized model's float tensors are rounded to float16, so its file shrinks by half there)."""
+    check_exportable(model)
     model = model.eval()
     emb = processor.resolve(embodiment)
     q, goal = example_inputs(emb, batch_size)
@@ -682,27 +695,37 @@ def _compact_graph(proto: Any, prefix: str = "") -> None:
     del graph.value_info[:]
 
 
-def ort_session(path: str | os.PathLike, threads: int = 1) -> Any:
-    """An onnxruntime CPU session (``threads`` intra-op threads) that computes what the quantized PyTorch
-    model computes, as fast as onnxruntime's CPU kernels allow.
+def session_config(path: str | os.PathLike) -> dict[str, str]:
+    """The onnxruntime session config entries under which the graph computes what the quantized PyTorch
+    model computes (the bundle's manifest and README carry them: a plain session needs them too).
 
     onnxruntime fuses ``DequantizeLinear`` + ``MatMul`` into ``MatMulNBits``, by default quantizing the
-    activations to int8 on the fly (logits then drift by ~1e-3 from PyTorch); accuracy level 1 keeps the
-    fused kernel in float32. That kernel is fast for int4 blocks, but at 8 bits it is ~2.5x slower than a
-    float32 MatMul on the tiny base, and fp8 is not fused at all (dequantized at every decode step). So
-    graphs without block quantization (int8, fp8) have their ``DequantizeLinear`` nodes constant-folded at
-    load: the file keeps its integer weights, the session holds float32 copies (the same arithmetic)."""
+    activations to int8 on the fly (canonical actions then drift by up to ~1e-1 from PyTorch); accuracy
+    level 1 keeps the fused kernel in float32. That kernel is fast for int4 blocks, but at 8 bits it is ~2.5x
+    slower than a float32 MatMul on the tiny base, and fp8 is not fused at all (dequantized at every decode
+    step). So graphs without block quantization (int8, fp8) have their ``DequantizeLinear`` nodes
+    constant-folded at load: the file keeps its integer weights, the session holds float32 copies (the same
+    arithmetic)."""
     import onnx
+
+    entries = {"session.qdq_matmulnbits_accuracy_level": "1"}
+    graphs = _graphs(onnx.load(str(path), load_external_data=False).graph)
+    blocked = any(a.name == "block_size" and a.i > 0 for g in graphs for n in g.node if n.op_type == "DequantizeLinear" for a in n.attribute)
+    if not blocked:
+        entries["session.disable_quant_qdq"] = "1"
+    return entries
+
+
+def ort_session(path: str | os.PathLike, threads: int = 1, config: dict[str, str] | None = None) -> Any:
+    """An onnxruntime CPU session (``threads`` intra-op threads) with ``config`` entries (default:
+    ``session_config(path)``); ``config={}`` is a session with onnxruntime's default options."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
-    graphs = _graphs(onnx.load(str(path), load_external_data=False).graph)
-    blocked = any(a.name == "block_size" and a.i > 0 for g in graphs for n in g.node if n.op_type == "DequantizeLinear" for a in n.attribute)
-    if not blocked:
-        options.add_session_config_entry("session.disable_quant_qdq", "1")
+    for key, value in (session_config(path) if config is None else config).items():
+        options.add_session_config_entry(key, value)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -713,12 +736,14 @@ def check_against_torch(
     embodiment: Embodiment | str,
     batch_size: int = 1,
     trials: int = 5,
+    config: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """Run the ONNX graph and the PyTorch path on ``trials`` fresh random observations.
+    """Run the ONNX graph (in ``ort_session(path, config=config)``) and the PyTorch path on ``trials`` fresh
+    random observations.
 
     Returns the max abs canonical difference (in the action's own units and in bins), the token
     agreement and the max abs difference of the native chunks decoded from each side's tokens."""
-    session = ort_session(path)
+    session = ort_session(path, config=config)
     graph = PolicyGraph(model.eval(), processor, embodiment).eval()
     emb = graph.embodiment
     width = processor.bins.resolution().float()

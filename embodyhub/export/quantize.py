@@ -29,7 +29,8 @@ from ..errors import EmbodyHubError
 from . import kernels
 
 PRECISIONS = ("int8", "int4", "fp8")
-BUNDLE_PRECISIONS = ("float32", *PRECISIONS)  # float32: the unquantized reference bundle
+FLOAT_PRECISIONS = ("float32", "float16")  # unquantized bundles: every weight stored at that precision
+BUNDLE_PRECISIONS = (*FLOAT_PRECISIONS, *PRECISIONS)
 DEFAULT_SKIP = ["model.joint_proj", "model.state_proj", "model.goal_proj", "model.patch_proj"]
 DEFAULT_INT8 = ["action_head"]
 DEFAULT_GROUP_SIZE = 128  # int4 columns per scale/zero point: the export recipe's (smaller bundle, same success)
@@ -48,8 +49,9 @@ def fp8_supported() -> bool:
 class QuantConfig:
     """What to quantize and how. ``skip`` holds module names or glob patterns (a name also skips its children)
     of Linears kept float; ``int8_layers`` (same syntax; ``skip`` wins) those stored int8 per output channel
-    instead of at ``precision``; ``precision="float32"`` quantizes nothing (the reference a quantized
-    bundle is compared with)."""
+    instead of at ``precision``. A float precision (``float32``, the reference a quantized bundle is
+    compared with, or ``float16``) quantizes nothing and stores every tensor at that precision, so the
+    name says what the file holds; ``keep_float`` applies to the float tensors of quantized bundles."""
 
     precision: str = "int8"
     group_size: int = DEFAULT_GROUP_SIZE
@@ -66,13 +68,15 @@ class QuantConfig:
             raise EmbodyHubError(f"group_size must be positive, got {self.group_size}")
         if self.keep_float not in FLOAT_DTYPES:
             raise EmbodyHubError(f"keep_float must be one of {sorted(FLOAT_DTYPES)}, got {self.keep_float!r}")
+        if self.precision in FLOAT_PRECISIONS:
+            self.keep_float = self.precision
 
     def skips(self, name: str) -> bool:
         return _matches(name, self.skip)
 
     def layer_precision(self, name: str) -> str | None:
         """The precision Linear ``name`` is stored at; None: kept float."""
-        if self.precision == "float32" or self.skips(name):
+        if self.precision in FLOAT_PRECISIONS or self.skips(name):
             return None
         return "int8" if _matches(name, self.int8_layers) else self.precision
 
@@ -221,7 +225,7 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> dict[str, list[str]
     module names (at ``config.precision``, on the int8 list, kept float)."""
     report: dict[str, list[str]] = {"quantized": [], "int8": [], "skipped": []}
     for name, module in list(model.named_modules()):
-        if not isinstance(module, nn.Linear) or config.precision == "float32":
+        if not isinstance(module, nn.Linear) or config.precision in FLOAT_PRECISIONS:
             continue
         precision = config.layer_precision(name)
         if precision is None:

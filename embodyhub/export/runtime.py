@@ -47,7 +47,8 @@ class OnnxPolicy:
         self.embodiment = self.processor.resolve(robot)
         if verify and self.embodiment.urdf_sha256 != self.entry["urdf_sha256"]:
             raise EmbodimentMismatchError(f"bundle {folder}: the URDF of '{robot}' does not match the manifest's urdf_sha256")
-        self.session = ort_session(folder / self.entry["onnx"], threads)
+        # the options the manifest lists (bundles written before they were listed: the ones ort_session derives)
+        self.session = ort_session(folder / self.entry["onnx"], threads, self.entry.get("onnxruntime_session", {}).get("config_entries"))
         self.batch_size = int(self.entry["io"]["inputs"][0]["shape"][0])
 
     def run_graph(self, q: Tensor, goal: Tensor) -> tuple[Tensor, Tensor]:

@@ -34,14 +34,16 @@ from .onnx import (
     ONNX_DATA_NAME,
     OUTPUT_NAMES,
     check_against_torch,
+    check_exportable,
     check_decode_step,
     example_inputs,
     export_decode_step,
     export_policy,
     ort_session,
+    session_config,
     share_weights,
 )
-from .quantize import DEFAULT_GROUP_SIZE, DEFAULT_INT8, DEFAULT_SKIP, QuantConfig, quantize_model, save_quantized
+from .quantize import DEFAULT_GROUP_SIZE, DEFAULT_INT8, DEFAULT_SKIP, FLOAT_PRECISIONS, QuantConfig, quantize_model, save_quantized
 
 MANIFEST_NAME = "manifest.json"
 DECODE_STEP_NAME = "decode_step.onnx"
@@ -77,7 +79,7 @@ def trtexec_command(onnx_name: str, precision: str) -> str:
     ``--stronglyTyped`` keeps TensorRT from re-choosing precisions; fp16 activations via ``--fp16`` where
     the graph is not strongly typed."""
     engine = Path(onnx_name).with_suffix(".engine").name
-    flags = "--stronglyTyped" if precision != "float32" else "--fp16"
+    flags = "--fp16" if precision in FLOAT_PRECISIONS else "--stronglyTyped"
     return f"trtexec --onnx={onnx_name} --saveEngine={engine} {flags} --skipInference --builderOptimizationLevel=5"
 
 
@@ -180,6 +182,7 @@ def build_bundle(
     The graphs are checked and timed as shipped: after their weights moved to the shared data file."""
     if batch_size < 1:
         raise EmbodyHubError(f"batch_size must be at least 1, got {batch_size}")
+    check_exportable(model)  # before the model is quantized in place
     robots = robots or list(processor.embodiment_names)
     if not robots:
         raise EmbodyHubError("the processor has no embodiment cards; pass robots the bundle is for")
@@ -197,8 +200,10 @@ def build_bundle(
     entries = []
     for name, onnx_path in policies.items():
         emb = processor.embodiments[name]
-        check = check_against_torch(onnx_path, model, processor, emb, batch_size, check_trials)
-        session = ort_session(onnx_path)
+        options = session_config(onnx_path)
+        check = check_against_torch(onnx_path, model, processor, emb, batch_size, check_trials, options)
+        default = check_against_torch(onnx_path, model, processor, emb, batch_size, check_trials, config={})
+        session = ort_session(onnx_path, config=options)
         q, goal = example_inputs(emb, batch_size)
         feed = {"q": q.numpy(), "goal": goal.numpy()}
         graph_ms = median_ms(lambda: session.run(OUTPUT_NAMES, feed), latency_repeats)
@@ -220,7 +225,9 @@ def build_bundle(
             "chunk_length": processor.chunk_length,
             "action_tokens": int(processor.schedule(emb)[0].numel()),
             "io": _spec(onnx_path),
+            "onnxruntime_session": {"config_entries": options},
             "onnx_check": {**check, "tolerance": ONNX_TOLERANCE, "passed": check["max_abs_canonical"] <= ONNX_TOLERANCE},
+            "default_session_check": {**default, "note": "onnxruntime's default options, for comparison: not the bundle's"},
             "latency_ms": {
                 "onnxruntime_graph": graph_ms,
                 "onnxruntime_graph_and_native_decode": ort_ms,
@@ -248,6 +255,7 @@ def build_bundle(
             raise EmbodyHubError(f"decode-step ONNX logits differ from PyTorch by {step_check['max_abs_logits']:.2e} (> {tolerance:.1e})")
         decode_step = {
             "onnx": DECODE_STEP_NAME, "io": _spec(step_path), **step_check, "tolerance": tolerance,
+            "onnxruntime_session": {"config_entries": session_config(step_path)},
             "trtexec": trtexec_command(DECODE_STEP_NAME, config.precision),
             "note": "one KV-cached token; cache axis 3 is dynamic (give trtexec --minShapes/--optShapes/--maxShapes for it)",
         }
@@ -286,6 +294,23 @@ def _readme(config: QuantConfig, entries: list[dict[str, Any]]) -> str:
     for e in entries:
         lines += ["```", e["trtexec"], "```", ""]
     lines += [
+        "Open a graph in onnxruntime with the session options its `manifest.json` entry lists under",
+        "`onnxruntime_session` (with onnxruntime's defaults it fuses the int4/int8 matmuls at an accuracy level",
+        "that quantizes activations, and the actions drift from PyTorch's: `default_session_check` records by how much):",
+        "",
+        "```python",
+        "import onnxruntime as ort",
+        "",
+        "options = ort.SessionOptions()",
+    ]
+    for key, value in entries[0]["onnxruntime_session"]["config_entries"].items():
+        lines.append(f'options.add_session_config_entry("{key}", "{value}")')
+    lines += [
+        f'session = ort.InferenceSession("{entries[0]["onnx"]}", options, providers=["CPUExecutionProvider"])',
+        "```",
+        "",
+        f"With these options the graph's canonical actions are within {ONNX_TOLERANCE:g} of PyTorch (`onnx_check` in the manifest).",
+        "",
         f"Inputs: `{INPUT_NAMES[0]}` native joint positions, `{INPUT_NAMES[1]}` per-arm goal poses `[B, arms, 4, 4]`.",
         f"Outputs: `{OUTPUT_NAMES[0]}` action tokens, `{OUTPUT_NAMES[1]}` canonical actions `[B, H, D]`.",
         "Native joint commands: `embodyhub.export.runtime.OnnxPolicy(bundle_dir, robot)(q, goal)`",

@@ -71,14 +71,26 @@ def _robot_row(card: dict[str, Any]) -> dict[str, Any]:
         "action_representation": card.get("action_representation"),
         "slots": card.get("canonical", {}).get("filled_slots", []),
         "urdf_sha256": card.get("urdf_sha256", ""),
+        "mjcf_sha256": (card.get("mjcf") or {}).get("sha256"),
     }
 
 
+SIM_EVAL_KEYS = ("task", "robot", "control", "policy", "episodes", "seeds", "success_rate", "mean_steps")
+
+
 def load_eval(path: str | os.PathLike | None) -> dict[str, dict[str, Any]]:
-    """The per-robot summary ``embodyhub eval`` writes (``{robot: {episodes, success_rate, ...}}``)."""
+    """An ``eval.json`` of ``embodyhub eval``, by row name: the kinematic reach summary (``{robot: {episodes,
+    success_rate, ...}}``) or the manipulation benchmark's list of per robot and task rows (``eval --env``),
+    named ``"<robot> <task>"``. A row with ``"baseline": true`` (``embodyhub adapt``'s zero-shot row) is a
+    comparison, not the published model's result."""
     if path is None:
         return {}
     data = json.loads(Path(path).read_text())
+    if isinstance(data, list):
+        bad = [i for i, row in enumerate(data) if not isinstance(row, dict) or not all(k in row for k in SIM_EVAL_KEYS)]
+        if bad:
+            raise ValueError(f"{path}: rows {bad} lack some of {SIM_EVAL_KEYS}; expected the eval.json of `embodyhub eval --env`")
+        return {f"{row['robot']} {row['task']}": row for row in data}
     required = ("episodes", "success_rate", "pos_err", "rot_err", "steps")
     bad = [name for name, row in data.items() if not all(k in row for k in required)]
     if bad:
@@ -87,19 +99,36 @@ def load_eval(path: str | os.PathLike | None) -> dict[str, dict[str, Any]]:
 
 
 def eval_results(results: dict[str, dict[str, Any]]) -> list[EvalResult]:
-    """``model-index`` entries: reach success and final position error per robot."""
+    """``model-index`` entries: per robot reach success and final position error, or per robot and task the
+    manipulation benchmark's success rate."""
     out = []
-    for robot, row in results.items():
+    for name, row in results.items():
+        if "task" in row:
+            common = dict(task_type="robotics", task_name=f"Closed-loop {row['task']} (robosuite, {row['control']} control)",
+                          dataset_type=f"embodyhub/robosuite-{row['task']}", dataset_name=f"embodyhub {row['task']} ({row['robot']})",
+                          dataset_config=row["robot"])
+            out.append(EvalResult(metric_type="success_rate", metric_name=f"{row['task']} success rate", metric_value=float(row["success_rate"]), **common))
+            continue
         common = dict(
             task_type="robotics",
             task_name="Closed-loop reach",
             dataset_type="embodyhub/reach-kinematic",
-            dataset_name=f"embodyhub reach ({robot})",
-            dataset_config=robot,
+            dataset_name=f"embodyhub reach ({name})",
+            dataset_config=name,
         )
         out.append(EvalResult(metric_type="success_rate", metric_name="reach success rate", metric_value=float(row["success_rate"]), **common))
         out.append(EvalResult(metric_type="pos_err", metric_name="final position error (m)", metric_value=float(row["pos_err"]), **common))
     return out
+
+
+def sim_eval_command(rows: list[dict[str, Any]], repo_id: str) -> str:
+    """The ``embodyhub eval`` line that reruns the manipulation rows of a card (same episodes and seeds)."""
+    tasks = ",".join(dict.fromkeys(r["task"] for r in rows))
+    robots = " ".join(f"--robot {r}" for r in dict.fromkeys(r["robot"] for r in rows))
+    first = rows[0]
+    policy = "--policy expert" if first["policy"] == "expert" else f"--model {repo_id}"
+    return (f"embodyhub eval --env {tasks} {robots} {policy} --control {first['control']} "
+            f"--episodes {first['episodes']} --seed {first['seeds'][0]}")
 
 
 @dataclass
@@ -172,7 +201,7 @@ def render_card(
         base_model=base_model if kind != "base" else None,
         datasets=list(datasets) or None,
         model_name=repo_id,
-        eval_results=eval_results(results) or None,
+        eval_results=eval_results({k: v for k, v in results.items() if not v.get("baseline")}) or None,  # this model's own rows
     )
     values: dict[str, Any] = {
         "repo_id": repo_id,
@@ -180,7 +209,9 @@ def render_card(
         "base_model": base_model,
         "robots": robots,
         "card_location": {"base": "`embodiments/<robot>/embodiment.json`", "adapter": "`embodiment.json`", "export": "the bundle"}[kind],
-        "eval_rows": [{"robot": k, **v} for k, v in results.items()],
+        "eval_rows": [{"robot": k, **v} for k, v in results.items() if "task" not in v],
+        "sim_rows": [v for v in results.values() if "task" in v],
+        "sim_command": sim_eval_command([v for v in results.values() if "task" in v], repo_id) if any("task" in v for v in results.values()) else None,
         "eval_plot": EVAL_PLOT if extra_files else None,
         "recipe": Path(recipe_path).read_text().strip() if recipe_path is not None else None,
     }

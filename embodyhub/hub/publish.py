@@ -9,6 +9,8 @@ uploaded are skipped). The local folder is only read: the card is uploaded from 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ SKIP_DIRS = {".git", ".cache", "__pycache__", ".ipynb_checkpoints"}  # not walke
 SECRET_NAMES = {"id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", "credentials", "credentials.json", "token", "hf_token", "secrets.json", "secrets.yaml", "secrets.yml"}
 SECRET_SUFFIXES = (".pem", ".key", ".p12", ".pfx")
 CARD_FILE = "README.md"
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 @dataclass
@@ -33,6 +36,7 @@ class PublishResult:
     kind: CardKind
     files: list[tuple[str, int]]  # (path in repo, size in bytes), the card included
     card: str
+    sha256: dict[str, str] = field(default_factory=dict)  # path in repo -> sha256 of the bytes committed there
     commit_oid: str | None = None
     commit_url: str | None = None
     dry_run: bool = False
@@ -114,14 +118,50 @@ def publish(
     check_loads(folder, kind)
     card_kwargs = dict(kind=kind, base_model=base_model, license=license, datasets=datasets, eval_path=eval_path, recipe_path=recipe_path)
     rendered = render_card(folder, repo_id, **card_kwargs)  # before any network call: a bad card fails here
-    if dry_run:
-        return _result(repo_id, rendered, files, skipped, dry_run=True)
+    with tempfile.TemporaryDirectory(prefix="embodyhub-publish-") as staged:
+        if kind == "adapter" and ADAPTER_CONFIG in files:
+            files[ADAPTER_CONFIG] = _adapter_config_for_hub(files[ADAPTER_CONFIG], base_model, Path(staged))
+        if dry_run:
+            return _result(repo_id, rendered, files, skipped, dry_run=True)
+        return _commit(repo_id, rendered, files, skipped, card_kwargs, folder, private=private, commit_message=commit_message,
+                       commit_description=commit_description, token=token, endpoint=endpoint, revision=revision,
+                       create_pr=create_pr, complete_from_repo=complete_from_repo)
 
+
+def _adapter_config_for_hub(path: Path, base_model: str | None, out: Path) -> Path:
+    """A copy of ``adapter_config.json`` whose ``base_model_name_or_path`` is the base's Hub id (the card's
+    ``base_model``) instead of the local folder it was trained from, so peft and transformers find the base
+    from the Hub on any machine. The local file is left as it is."""
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = base_model
+    staged = out / ADAPTER_CONFIG
+    staged.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return staged
+
+
+def _commit(
+    repo_id: str,
+    rendered: RenderedCard,
+    files: dict[str, Path],
+    skipped: list[str],
+    card_kwargs: dict[str, Any],
+    folder: str | os.PathLike,
+    *,
+    private: bool | None,
+    commit_message: str | None,
+    commit_description: str | None,
+    token: str | bool | None,
+    endpoint: str | None,
+    revision: str | None,
+    create_pr: bool,
+    complete_from_repo: bool,
+) -> PublishResult:
+    """``create_repo`` and the one commit of ``publish``."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
     api = HfApi(endpoint=endpoint, token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    if complete_from_repo and kind == "base":
+    if complete_from_repo and rendered.kind == "base":
         with tempfile.TemporaryDirectory(prefix="embodyhub-card-") as context:
             if _fetch_card_context(api, repo_id, files, Path(context), revision):
                 rendered = render_card(folder, repo_id, context=context, **card_kwargs)
@@ -131,7 +171,7 @@ def publish(
     info = api.create_commit(
         repo_id,
         operations,
-        commit_message=commit_message or f"Upload {kind} with embodyhub",
+        commit_message=commit_message or f"Upload {rendered.kind} with embodyhub",
         commit_description=commit_description,
         revision=revision,
         create_pr=create_pr,
@@ -142,10 +182,14 @@ def publish(
 
 
 def _result(repo_id: str, rendered: RenderedCard, files: dict[str, Path], notes: list[str], dry_run: bool = False) -> PublishResult:
-    listed = [(p, f.stat().st_size) for p, f in files.items()]
-    listed += [(p, f.stat().st_size) for p, f in rendered.extra_files.items()]
-    listed.append((CARD_FILE, len(rendered.text.encode("utf-8"))))
-    return PublishResult(repo_id, rendered.kind, sorted(listed), rendered.text, dry_run=dry_run, notes=notes)
+    from ..export.thor import sha256
+
+    uploads = {**{p: f for p, f in rendered.extra_files.items() if p not in files}, **files}
+    listed = [(p, f.stat().st_size) for p, f in uploads.items()]
+    card = rendered.text.encode("utf-8")
+    listed.append((CARD_FILE, len(card)))
+    digests = {p: sha256(f) for p, f in uploads.items()} | {CARD_FILE: hashlib.sha256(card).hexdigest()}
+    return PublishResult(repo_id, rendered.kind, sorted(listed), rendered.text, digests, dry_run=dry_run, notes=notes)
 
 
 def check_loads(folder: str | os.PathLike, kind: CardKind) -> None:

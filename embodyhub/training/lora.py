@@ -11,12 +11,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from ..data import LeRobotDataset, check_features
+from ..data import LeRobotDataset, check_features, needed_features
+from ..data.features import DEMO_FEATURES
 from ..embodiment import Embodiment
 from ..errors import EmbodimentMismatchError
 from ..hub.checks import BASE_FILE, base_signature, check_adapter
@@ -89,10 +90,10 @@ class AdaptRecipe(Recipe):
     seed: int = 1
 
 
-def check_dataset(dataset: LeRobotDataset, embodiment: Embodiment) -> None:
-    """Refuse demonstrations that lack a feature the model needs, or recorded on another body (when the dataset
-    carries an embodiment card)."""
-    check_features(dataset.root)
+def check_dataset(dataset: LeRobotDataset, embodiment: Embodiment, needed: Sequence[str] = DEMO_FEATURES) -> None:
+    """Refuse demonstrations that lack a feature in ``needed`` (``needed_features`` of the model), or recorded on
+    another body (when the dataset carries an embodiment card)."""
+    check_features(dataset.root, needed)
     card = dataset.info.get("embodyhub", {}).get("embodiment")
     if card is not None:
         embodiment.check_compatible(card)
@@ -117,7 +118,7 @@ def adapt(
     ``recipe.seed`` seeds the adapter's initial weights and the batches: the same recipe and data give the
     same adapter, whatever the caller's random state.
     """
-    check_dataset(dataset, embodiment)
+    check_dataset(dataset, embodiment, needed_features(model.config.to_dict()))
     processor.add_embodiment(embodiment)
     torch.manual_seed(recipe.seed)  # peft draws the adapter's initial weights from the global generator
     if not full_finetune:

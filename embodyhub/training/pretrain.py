@@ -1,8 +1,11 @@
-"""Tiny WAM pretraining on LeRobot-format episodes of several robots (an accelerate loop on CPU or GPU).
+"""WAM pretraining on LeRobot-format episodes of several robots (an accelerate loop on CPU or GPU).
 
-Each training sample is one frame: the state ``q_t``, the goal, and the next ``H`` commanded
-configurations (padded with the episode's last command, so the model learns to hold at the goal).
-Batches are drawn from one robot at a time (robots differ in token count), robots in turn.
+Each training sample is one frame: the state ``q_t``, what else the dataset observes (goal, object
+keypoints, task string) and the next ``H`` commanded configurations (padded with the episode's last
+command, so the model learns to hold at the end), plus the next ``H`` states and keypoints for the
+keypoint-flow targets. Batches are drawn from one dataset at a time (robots differ in token count),
+datasets in turn. Data come from the synthetic reach generator (``source: synthetic``) or from the
+robosuite benchmark's scripted experts (``source: sim``, one dataset per robot and task).
 """
 
 from __future__ import annotations
@@ -18,17 +21,25 @@ from torch import Tensor
 
 from ..data import LeRobotDataset, generate, load_dataset
 from ..embodiment import Embodiment, load_robot
+from ..errors import RecipeError
 from ..models.wam import WamConfig, WamForActionPrediction, WamProcessor
 from ..recipes import Recipe
 
 
 @dataclass
 class PretrainRecipe(Recipe):
-    """What ``embodyhub train`` reads from ``recipes/pretrain_tiny.yaml``."""
+    """What ``embodyhub train`` reads from ``recipes/pretrain_tiny.yaml`` or ``recipes/pretrain_sim.yaml``.
+
+    ``source: synthetic`` generates kinematic reach demos (``episodes_per_robot``, ``steps_per_episode``,
+    ``goal_distance``, ``reach_profile``); ``source: sim`` collects robosuite expert demos of ``tasks`` on
+    simulator arms (``episodes_per_task`` each, collection seeds from 0, ``workers`` processes)."""
 
     robots: list[str]
     held_out: list[str] = field(default_factory=list)
+    source: str = "synthetic"
     episodes_per_robot: int = 200
+    episodes_per_task: int = 50
+    workers: int = 1
     tasks: list[str] = field(default_factory=lambda: ["reach"])
     steps_per_episode: int = 30
     goal_distance: float | None = 0.3
@@ -44,30 +55,44 @@ class PretrainRecipe(Recipe):
     eval_max_steps: int = 60
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.source not in ("synthetic", "sim"):
+            raise RecipeError(f"recipe source must be 'synthetic' or 'sim', got {self.source!r}")
 
-def chunk_samples(dataset: LeRobotDataset, chunk_length: int, episodes: int | None = None) -> dict[str, Tensor]:
-    """Per frame of the first ``episodes`` (all if None): state, goal and the next ``chunk_length``
-    actions (padded with the episode's last)."""
+
+def chunk_samples(dataset: LeRobotDataset, chunk_length: int, episodes: int | None = None) -> dict[str, Any]:
+    """Per frame of the first ``episodes`` (all if None), under the processor's observation names: ``state``,
+    ``actions`` (the next ``chunk_length``, padded with the episode's last), ``future_state`` (the states after
+    each of them, padded with the last), and what the dataset has of ``goal``, ``environment_state`` (then
+    also ``future_environment_state``) and ``task`` (one string per frame)."""
     if episodes is not None and not 1 <= episodes <= dataset.num_episodes:
         raise ValueError(f"asked for {episodes} episodes; {dataset.root} holds {dataset.num_episodes}")
-    states, goals, actions = [], [], []
+    columns: dict[str, list[Any]] = {}
     for k in range(dataset.num_episodes if episodes is None else episodes):
         ep = dataset.episode(k)
-        a = ep["action"].double()
-        T = a.shape[0]
-        idx = (torch.arange(T)[:, None] + torch.arange(chunk_length)[None]).clamp_max(T - 1)
-        states.append(ep["observation.state"].double())
-        goals.append(ep["observation.goal"].double())
-        actions.append(a[idx])
-    return {"state": torch.cat(states), "goal": torch.cat(goals), "actions": torch.cat(actions)}
+        T = ep["action"].shape[0]
+        now = torch.arange(T)[:, None] + torch.arange(chunk_length)[None]
+        parts = {"state": ep["observation.state"].double(), "actions": ep["action"].double()[now.clamp_max(T - 1)]}
+        parts["future_state"] = parts["state"][(now + 1).clamp_max(T - 1)]
+        if "observation.goal" in ep:
+            parts["goal"] = ep["observation.goal"].double()
+        if "observation.environment_state" in ep:
+            points = ep["observation.environment_state"].double()
+            parts["environment_state"] = points
+            parts["future_environment_state"] = points[(now + 1).clamp_max(T - 1)]
+        for key, value in parts.items():
+            columns.setdefault(key, []).append(value)
+        columns.setdefault("task", []).extend([ep["task"]] * T)
+    return {k: v if k == "task" else torch.cat(v) for k, v in columns.items()}
 
 
 class RobotBatches:
-    """Encodes a robot's whole dataset once, then serves random batches of model inputs."""
+    """Encodes one robot's dataset once, then serves random batches of model inputs."""
 
-    def __init__(self, processor: WamProcessor, embodiment: Embodiment, samples: dict[str, Tensor], generator: torch.Generator) -> None:
+    def __init__(self, processor: WamProcessor, embodiment: Embodiment, samples: dict[str, Any], generator: torch.Generator) -> None:
         self.embodiment = embodiment
-        encoded = processor({"state": samples["state"], "goal": samples["goal"]}, embodiment, actions=samples["actions"])
+        observation = {k: v for k, v in samples.items() if k != "actions"}
+        encoded = processor(observation, embodiment, actions=samples["actions"])
         encoded.pop("action_decoder")
         self.tensors = {k: v.contiguous() for k, v in encoded.items()}
         self.size = samples["state"].shape[0]
@@ -85,10 +110,20 @@ def _cycle(batches: list[RobotBatches], batch_size: int) -> Iterator[dict[str, T
 
 
 def build(recipe: PretrainRecipe) -> tuple[WamForActionPrediction, WamProcessor]:
-    """A freshly initialised model and its processor holding the training robots' cards."""
+    """A freshly initialised model and its processor holding the training robots' cards. With ``source: sim``
+    the robots are the simulator's MJCF-derived arms, the processor takes as many keypoints as the largest
+    task observes and its task vocabulary holds the tasks' words (unless the recipe's ``processor`` says)."""
     torch.manual_seed(recipe.seed)
-    processor = WamProcessor(**recipe.processor)
-    embodiments = [load_robot(name) for name in recipe.robots]
+    options = dict(recipe.processor)
+    if recipe.source == "sim":
+        from ..envs.sim import keypoint_count, sim_embodiment, sim_task
+
+        embodiments = [sim_embodiment(name) for name in recipe.robots]
+        options.setdefault("max_keypoints", max(keypoint_count(t) for t in recipe.tasks))
+        options.setdefault("task_vocab", WamProcessor.task_words([sim_task(t).description for t in recipe.tasks]))
+    else:
+        embodiments = [load_robot(name) for name in recipe.robots]
+    processor = WamProcessor(**options)
     for emb in embodiments:
         processor.add_embodiment(emb)
     config = WamConfig(
@@ -96,6 +131,9 @@ def build(recipe: PretrainRecipe) -> tuple[WamForActionPrediction, WamProcessor]
         action_dim=processor.space.dim,
         chunk_length=processor.chunk_length,
         max_arms=processor.max_arms,
+        max_keypoints=processor.max_keypoints,
+        task_vocab_size=processor.task_vocab_size,
+        max_task_tokens=processor.max_task_tokens,
         embodiments={e.name: e.urdf_sha256 for e in embodiments},
         **recipe.model,
     )
@@ -119,7 +157,8 @@ def train(
 ) -> list[dict[str, float]]:
     """AdamW with linear warm-up and cosine decay through ``accelerate``; returns the loss log.
 
-    ``parameters`` defaults to every parameter that requires grad (a LoRA-wrapped model: the
+    ``datasets`` maps a robot name (or any label, the robot then read from the dataset's ``robot_type``) to
+    its demos. ``parameters`` defaults to every parameter that requires grad (a LoRA-wrapped model: the
     adapter); ``episodes`` keeps only the first episodes of each dataset; ``time_budget_s`` stops
     after that many seconds of training (the schedule still spans ``steps``), and says so.
     """
@@ -131,7 +170,8 @@ def train(
     batches = []
     for name, ds in datasets.items():
         samples = chunk_samples(ds, processor.chunk_length, episodes)
-        batches.append(RobotBatches(processor, processor.resolve(name), samples, gen))
+        robot = name if name in processor.embodiments else ds.info.get("robot_type", name)
+        batches.append(RobotBatches(processor, processor.resolve(robot), samples, gen))
     params = parameters if parameters is not None else [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
 
@@ -174,11 +214,15 @@ def prepare_data(
     robots: list[str | Embodiment] | None = None,
     episodes: int | None = None,
 ) -> dict[str, LeRobotDataset]:
-    """Generate the synthetic episodes (unless already there) and open them.
+    """Generate the synthetic episodes (unless already there) and open them, one dataset per robot; with
+    ``source: sim`` collect the expert demos instead, one dataset per robot and task (``ROBOT-TASK``).
 
     ``recipe`` supplies the generator settings (tasks, seed, steps_per_episode, goal_distance,
-    reach_profile); ``robots`` and ``episodes`` default to its ``robots`` and ``episodes_per_robot``.
+    reach_profile); ``robots`` and ``episodes`` default to its ``robots`` and ``episodes_per_robot``
+    (``episodes_per_task`` for sim).
     """
+    if getattr(recipe, "source", "synthetic") == "sim":
+        return _collect_sim(recipe, data_dir, progress, robots, episodes)
     robots = list(recipe.robots if robots is None else robots)
     names = [r if isinstance(r, str) else r.name for r in robots]
     missing = [r for r, n in zip(robots, names) if not (data_dir / n / "meta" / "info.json").is_file()]
@@ -195,3 +239,23 @@ def prepare_data(
             reach_profile=recipe.reach_profile,
         )
     return {n: load_dataset(data_dir / n) for n in names}
+
+
+def _collect_sim(
+    recipe: PretrainRecipe, data_dir: Path, progress: bool, robots: list[str | Embodiment] | None, episodes: int | None
+) -> dict[str, LeRobotDataset]:
+    """Expert demos per simulator robot and task (``embodyhub.envs.sim.collect``: seeds from 0, resumable),
+    skipping a folder that already holds them."""
+    from ..envs.sim import collect
+
+    episodes = episodes or recipe.episodes_per_task
+    datasets = {}
+    for robot in recipe.robots if robots is None else robots:
+        name = robot if isinstance(robot, str) else robot.name
+        for task in recipe.tasks:
+            folder = Path(data_dir) / f"{name}-{task}"
+            done = (folder / "meta" / "info.json").is_file() and load_dataset(folder).num_episodes >= episodes
+            if not done:
+                collect([task], name, episodes, folder, workers=recipe.workers, progress=progress)
+            datasets[f"{name}-{task}"] = load_dataset(folder)
+    return datasets

@@ -18,6 +18,7 @@ from torch import Tensor
 from ..embodiment import Embodiment
 from ..envs import ReachEnv
 from ..envs.reach import goal_poses
+from ..errors import InvalidActionError
 from ..kinematics.chain import finite_range
 from ..models.wam import WamForActionPrediction, WamProcessor
 from .evaluate import wam_policy
@@ -143,6 +144,8 @@ class WorldModelReward:
     executing anything; cheap, and usable where no simulator exists)."""
 
     def __init__(self, model: WamForActionPrediction, processor: WamProcessor, embodiments: dict[str, Embodiment] | None = None) -> None:
+        if model.config.max_keypoints:
+            raise InvalidActionError("WorldModelReward scores the v1 world head (end-effector positions); this model predicts keypoint flow")
         self.model, self.processor = model, processor
         self.embodiments = dict(embodiments or {})
 

@@ -5,23 +5,27 @@ robosuite==1.5.2``: robosuite's ``mink`` pin would pull numpy below 2).
 """
 
 from ._robosuite import SimulatorError, import_robosuite
-from .env import TASKS, SimEnv, keypoint_count, sim_task
+from .env import TASKS, SimEnv, keypoint_count, run_episode, sim_task
 from .experts import Expert, Gains, run_expert_episode
+from .policy import ModelPolicy, WamSimPolicy
 from .robots import SIM_ROBOTS, sim_embodiment, sim_robot
-from .rollout import EVAL_SEED_BASE, collect, evaluate_expert
+from .rollout import EVAL_SEED_BASE, collect, evaluate_policy
 
 __all__ = [
     "EVAL_SEED_BASE",
     "Expert",
     "Gains",
+    "ModelPolicy",
     "SIM_ROBOTS",
     "SimEnv",
     "SimulatorError",
     "TASKS",
+    "WamSimPolicy",
     "collect",
-    "evaluate_expert",
+    "evaluate_policy",
     "import_robosuite",
     "keypoint_count",
+    "run_episode",
     "run_expert_episode",
     "sim_embodiment",
     "sim_robot",

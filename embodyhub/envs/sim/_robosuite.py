@@ -9,6 +9,7 @@ convention (rows top to bottom). Headless rendering defaults to MuJoCo's EGL bac
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import types
@@ -27,6 +28,7 @@ class SimulatorError(EmbodyHubError, RuntimeError):
 
 def import_robosuite() -> Any:
     """``robosuite`` after checking MuJoCo's and robosuite's versions; silent on import."""
+    _load_triton_first()  # every call: robosuite may have been imported directly, before any context exists
     if "robosuite" in sys.modules:
         return sys.modules["robosuite"]
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -56,3 +58,12 @@ def import_robosuite() -> Any:
     if robosuite.__version__ != ROBOSUITE_VERSION:
         raise SimulatorError(f"embodyhub's simulator needs robosuite=={ROBOSUITE_VERSION}, found {robosuite.__version__}")
     return robosuite
+
+
+def _load_triton_first() -> None:
+    """Load triton's native library (if installed) before MuJoCo can open a Mesa EGL context. Mesa's
+    llvmpipe brings its own LLVM, and triton's LLVM loaded after it crashes the process: measured, a
+    camera ``SimEnv`` then ``import triton`` (which transformers and torch._dynamo do lazily) died with
+    SIGSEGV in ``triton._C.libtriton``; in the other order both work."""
+    if importlib.util.find_spec("triton") is not None:
+        importlib.import_module("triton._C.libtriton")

@@ -9,14 +9,14 @@ OSC_POSE delta action (1.0 = 5 cm, 1.0 = 0.5 rad, base frame).
 
 Observations are LeRobot-shaped: ``observation.state`` is the native joint vector (arm joints +
 gripper joint), ``observation.environment_state`` the task's object keypoints (per object its
-centre and three points 5 cm along its axes) in the arm's base frame, and optionally
+centre and one point on each of its axes at its half extent) in the arm's base frame, and optionally
 ``observation.images.<camera>``. Episode ``seed`` fixes the object placement.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from ._robosuite import SimulatorError, import_robosuite
 from .robots import BASE_BODY, CONTROL_HZ, EE_SITE, sim_embodiment, sim_robot
 
 Control = Literal["joint", "osc"]
-KEYPOINT_SCALE = 0.05  # metres from an object's centre to each of its three axis points
+TARGET_EXTENT = 0.05  # metres from a placement target's centre (a place, not a body) to each of its axis points
 OSC_POS_SCALE, OSC_ROT_SCALE = 0.05, 0.5  # robosuite OSC_POSE: action 1.0 = 5 cm, 1.0 = 0.5 rad
 
 
@@ -153,22 +153,26 @@ class SimEnv:
         return data.body_xmat[self._base].reshape(3, 3).copy(), data.body_xpos[self._base].copy()
 
     def keypoints(self) -> np.ndarray:
-        """Object keypoints ``[K, 3]`` (float64) in the arm's base frame."""
+        """Object keypoints ``[K, 3]`` (float64) in the arm's base frame: per object its centre, then one point
+        on each of its axes at the object's half extent (robosuite's bounding box), so the points carry the
+        object's size: Stack's red cube (2 cm) and green cube (2.5 cm) differ by more than their height."""
         R_b, p_b = self._base_pose()
         points = []
         for name in self.task.objects:
-            centre, R = self._object_pose(name)
+            centre, R, half = self._object_pose(name)
             points.append(centre)
-            points.extend(centre + KEYPOINT_SCALE * R[:, k] for k in range(3))
+            points.extend(centre + half[k] * R[:, k] for k in range(3))
         return (np.stack(points) - p_b) @ R_b
 
-    def _object_pose(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+    def _object_pose(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """World centre, rotation and half extents of a task object."""
         data, model = self.sim.data, self.sim.model
         if name == "target":  # PickPlaceCan: centre of the can's bin compartment, world-aligned
-            return np.array(self.env.target_bin_placements[self.env.object_id], dtype=np.float64), np.eye(3)
+            return np.array(self.env.target_bin_placements[self.env.object_id], dtype=np.float64), np.eye(3), np.full(3, TARGET_EXTENT)
         obj = next(o for o in self.env.model.mujoco_objects if o.name == name)
         body = model.body_name2id(obj.root_body)
-        return data.body_xpos[body].copy(), data.body_xmat[body].reshape(3, 3).copy()
+        half = np.asarray(obj.get_bounding_box_half_size(), dtype=np.float64)
+        return data.body_xpos[body].copy(), data.body_xmat[body].reshape(3, 3).copy(), half
 
     def joint_state(self) -> np.ndarray:
         """Native joint vector (arm joints, then the gripper joint), float64."""
@@ -280,6 +284,27 @@ class SimEnv:
 
     def close(self) -> None:
         self.env.close()
+
+
+Controller = Callable[["SimEnv"], Callable[[dict[str, np.ndarray]], tuple[dict[str, np.ndarray], np.ndarray]]]
+
+
+def run_episode(env: SimEnv, seed: int, controller: Controller) -> dict[str, Any]:
+    """One episode on ``env`` from scene ``seed``: ``controller(env)``, called after the reset, returns the step
+    function ``act(observation) -> (next observation, native action sent)``; the episode ends on success or at
+    the task's horizon. Returns the frames (observation + ``action``), success and step count."""
+    obs = env.reset(seed)
+    act = controller(env)
+    frames: list[dict[str, np.ndarray]] = []
+    success = False
+    for _ in range(env.horizon):
+        next_obs, action = act(obs)
+        frames.append({**obs, "action": np.asarray(action, dtype=np.float32)})
+        obs = next_obs
+        if env.success():
+            success = True
+            break
+    return {"frames": frames, "success": success, "steps": len(frames)}
 
 
 def _rotvec(R: np.ndarray) -> np.ndarray:

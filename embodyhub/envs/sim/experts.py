@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from .env import KEYPOINT_SCALE, SimEnv
+from .env import SimEnv, run_episode
 
 Target = Callable[["Expert"], np.ndarray]
 
@@ -71,7 +71,8 @@ class Phase:
 
 def _object(obs_keypoints: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
     k = obs_keypoints.reshape(-1, 3)[4 * index: 4 * index + 4]
-    return k[0], (k[1:] - k[0]).T / KEYPOINT_SCALE  # centre, rotation (columns = object axes)
+    axes = k[1:] - k[0]  # one point per object axis, at the object's half extent
+    return k[0], (axes / np.linalg.norm(axes, axis=1, keepdims=True)).T  # centre, rotation (columns = object axes)
 
 
 @dataclass
@@ -234,16 +235,9 @@ _PLANS: dict[str, Callable[[Expert], list[Phase]]] = {"lift": _lift_plan, "stack
 
 def run_expert_episode(env: SimEnv, seed: int, gains: Gains | None = None) -> dict[str, object]:
     """One expert episode: per step observation, native action; success and step count."""
-    obs = env.reset(seed)
-    expert = Expert(env, gains)
-    frames: list[dict[str, np.ndarray]] = []
-    success = False
-    for _ in range(env.horizon):
-        x = expert.act()
-        next_obs, action = env.step_canonical(x)
-        frames.append({**obs, "action": action.astype(np.float32)})
-        obs = next_obs
-        if env.success():
-            success = True
-            break
-    return {"frames": frames, "success": success, "steps": len(frames)}
+
+    def controller(env: SimEnv) -> Callable[[dict[str, np.ndarray]], tuple[dict[str, np.ndarray], np.ndarray]]:
+        expert = Expert(env, gains)  # after the reset: it reads the scene
+        return lambda obs: env.step_canonical(expert.act())
+
+    return run_episode(env, seed, controller)

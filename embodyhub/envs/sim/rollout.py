@@ -1,4 +1,5 @@
-"""Collection and closed-loop evaluation on the manipulation benchmark, in worker processes.
+"""Collection and closed-loop evaluation (the scripted expert or a saved WAM) on the manipulation benchmark,
+in worker processes.
 
 Seeds: collection attempt ``i`` of a task places the objects with seed ``i`` (0, 1, 2, ...), and
 evaluation episode ``i`` uses ``EVAL_SEED_BASE + i``, so evaluation episodes never replay a
@@ -16,11 +17,14 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
 from ...errors import DatasetError
+
+if TYPE_CHECKING:
+    from .policy import ModelPolicy
 
 EVAL_SEED_BASE = 1_000_000
 VIDEO_SIZE = 160  # pixels (square) of evaluation rollout videos
@@ -48,13 +52,24 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _expert_job(args: tuple) -> tuple[int, dict[str, Any]]:
+def _episode_job(args: tuple) -> tuple[int, dict[str, Any]]:
+    """One episode of the scripted expert (``policy`` None) or of a ``ModelPolicy`` (loaded in this process)."""
+    from .env import run_episode
     from .experts import run_expert_episode
 
-    *env_args, seed, video = args
+    *env_args, seed, video, policy = args
     env = _env(*env_args)
     start = time.process_time()
-    out = run_expert_episode(env, seed)
+    if policy is None:
+        out = run_expert_episode(env, seed)
+    else:
+        wam = policy.build(env.embodiment, env.task.description)
+
+        def controller(env: Any) -> Any:
+            wam.reset()
+            return lambda obs: (env.step(q := wam(obs)), q)
+
+        out = run_episode(env, seed, controller)
     out["cpu_s"] = time.process_time() - start
     if video is not None:
         key = f"observation.images.{env.camera}"
@@ -64,13 +79,13 @@ def _expert_job(args: tuple) -> tuple[int, dict[str, Any]]:
 
 
 def _run(jobs: Sequence[tuple], workers: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Expert episodes for ``jobs`` in this process (``workers <= 1``) or a spawned pool, as they finish."""
+    """Episodes for ``jobs`` in this process (``workers <= 1``) or a spawned pool, as they finish."""
     if workers <= 1:
         _init_worker()
-        yield from map(_expert_job, jobs)
+        yield from map(_episode_job, jobs)
         return
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
-        yield from pool.map(_expert_job, jobs)
+        yield from pool.map(_episode_job, jobs)
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
@@ -149,7 +164,7 @@ def collect(
                 seed += 1
             if not seeds:
                 raise DatasetError(f"{task}/{emb.name}: the expert succeeded in only {len(kept)} of {limit} attempts")
-            jobs = [(task, robot, gripper, camera, image_size, visual_meshes, "joint", s, None) for s in seeds]
+            jobs = [(task, robot, gripper, camera, image_size, visual_meshes, "joint", s, None, None) for s in seeds]
             for s, result in _run(jobs, min(workers, len(jobs))):
                 tried.add(s)
                 if not result["success"]:
@@ -172,8 +187,8 @@ def collect(
             with np.load(path) as data:
                 episodes_data.append({**{k: data[k] for k in data.files}, "task": sim_task(task).description})
     extra = {"embodyhub": {"embodiment": emb.to_card(), "collection": config,
-                           "observation.environment_state": "per object: centre then 3 points 5 cm along its x, y, z "
-                                                            "axes (m), in the arm's base frame"}}
+                           "observation.environment_state": "per object: centre then one point on each of its x, y, z "
+                                                            "axes at the object's half extent (m), in the arm's base frame"}}
     write_dataset(out, episodes_data, emb.control_hz, emb.name, None, extra, overwrite=True)
     emb.save_pretrained(out / EMBODIMENT_DIR)
     return out
@@ -189,7 +204,7 @@ def write_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: float)
     return path
 
 
-def evaluate_expert(
+def evaluate_policy(
     task: str,
     robot: str,
     episodes: int = 50,
@@ -201,27 +216,33 @@ def evaluate_expert(
     videos: int = 0,
     video_dir: str | os.PathLike | None = None,
     camera: str = "sideview",
+    policy: ModelPolicy | None = None,
 ) -> dict[str, Any]:
-    """Closed-loop success of the scripted expert on evaluation seeds ``seed .. seed + episodes - 1``; the first
+    """Closed-loop success of the scripted expert (``policy`` None) or of a saved WAM (``ModelPolicy``, joint
+    control; each worker process loads it) on evaluation seeds ``seed .. seed + episodes - 1``; the first
     ``videos`` episodes are also rendered from ``camera`` (full visual meshes) as GIFs in ``video_dir``.
     Rendering does not touch the physics, so recorded episodes score as unrecorded ones."""
-    jobs: list[tuple] = [(task.lower(), robot, gripper, None, 84, False, control, seed + i, None) for i in range(episodes)]
+    if policy is not None and control != "joint":
+        raise DatasetError("a WAM policy commands native joint targets: evaluate it with control='joint'")
+    name = "expert" if policy is None else "wam"
+    jobs: list[tuple] = [(task.lower(), robot, gripper, None, 84, False, control, seed + i, None, policy) for i in range(episodes)]
     if videos:
         if video_dir is None:
             raise DatasetError("videos need a video_dir")
         Path(video_dir).mkdir(parents=True, exist_ok=True)
         for i in range(min(videos, episodes)):
             jobs[i] = (task.lower(), robot, gripper, camera, VIDEO_SIZE, True, control, seed + i,
-                       Path(video_dir) / f"{robot.lower()}-{task.lower()}-{control}-seed{seed + i}.gif")
+                       Path(video_dir) / f"{robot.lower()}-{task.lower()}-{name}-{control}-seed{seed + i}.gif", policy)
     results: dict[int, dict[str, Any]] = {}
-    bar = _progress(episodes, f"eval {task}/{robot} ({control})", progress)
+    bar = _progress(episodes, f"eval {task}/{robot} ({name}, {control})", progress)
     for s, out in _run(jobs, min(workers, episodes)):
         results[s] = {"success": bool(out["success"]), "steps": int(out["steps"]), "cpu_s": float(out["cpu_s"])}
         bar.update(1)
     bar.close()
     ordered = [results[s] for s in sorted(results)]
     return {
-        "task": task.lower(), "robot": robot.lower(), "control": control, "policy": "expert",
+        "task": task.lower(), "robot": robot.lower(), "control": control,
+        "policy": "expert" if policy is None else policy.model, "adapter": None if policy is None else policy.adapter,
         "episodes": episodes, "seeds": [seed, seed + episodes - 1],
         "success_rate": sum(r["success"] for r in ordered) / episodes,
         "mean_steps": float(np.mean([r["steps"] for r in ordered])),

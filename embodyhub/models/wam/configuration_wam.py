@@ -13,9 +13,12 @@ from ...errors import ConfigError
 class WamConfig(PreTrainedConfig):
     r"""Configuration of a World-Action Model (``model_type="wam"``).
 
-    The sequence is ``[embodiment tokens][state tokens][goal tokens][image patches][action tokens]``.
+    The sequence is ``[embodiment tokens][state tokens][keypoint tokens][task tokens][goal tokens][image
+    patches][action tokens]``; every observation part but the state is optional and masked when absent.
     Action tokens are discrete bins of canonical action dimensions, one token per (step, dimension)
-    the robot fills; the world head predicts end-effector positions the chunk leads to.
+    the robot fills. The world head predicts, per chunk step, where each object keypoint and end effector
+    moves (offsets from now) when ``max_keypoints > 0``; else (the v1 layout) the end-effector positions.
+    The v2 fields default to "off", so a v1 checkpoint loads and computes exactly as before.
 
     Args:
         hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: transformer size.
@@ -27,6 +30,10 @@ class WamConfig(PreTrainedConfig):
         state_slots: canonical slot boundaries ``[(start, size), ...]``; one state token per slot.
         max_arms: arms the world head predicts end-effector positions for.
         image_size, patch_size, num_channels: optional image patches (``image_size=0`` disables).
+        max_keypoints: object keypoint tokens (3D points, an unordered set; ``0`` disables them and the
+            keypoint-flow world head).
+        task_vocab_size, max_task_tokens: word vocabulary of the processor's task tokenizer (``0``
+            disables task tokens) and the longest task string in words.
         world_loss_weight: weight of the world-head loss.
         embodiments: ``{name: urdf_sha256}`` of the robots the model was trained on.
     """
@@ -53,6 +60,9 @@ class WamConfig(PreTrainedConfig):
         image_size: int = 0,
         patch_size: int = 16,
         num_channels: int = 3,
+        max_keypoints: int = 0,
+        task_vocab_size: int = 0,
+        max_task_tokens: int = 16,
         world_loss_weight: float = 1.0,
         embodiments: dict[str, str] | None = None,
         **kwargs: Any,
@@ -64,6 +74,10 @@ class WamConfig(PreTrainedConfig):
         bad = [f"{k}={v!r}" for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1]
         if bad:
             raise ConfigError(f"WamConfig sizes must be positive integers, got {', '.join(bad)}")
+        optional = dict(max_keypoints=max_keypoints, task_vocab_size=task_vocab_size, max_task_tokens=max_task_tokens)
+        bad = [f"{k}={v!r}" for k, v in optional.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0]
+        if bad:
+            raise ConfigError(f"WamConfig counts must be non-negative integers, got {', '.join(bad)}")
         if hidden_size % num_attention_heads:
             raise ConfigError(f"hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}")
         if kwargs.get("model_type", self.model_type) != self.model_type:
@@ -86,6 +100,9 @@ class WamConfig(PreTrainedConfig):
         self.image_size = image_size
         self.patch_size = patch_size
         self.num_channels = num_channels
+        self.max_keypoints = max_keypoints
+        self.task_vocab_size = task_vocab_size
+        self.max_task_tokens = max_task_tokens
         self.world_loss_weight = world_loss_weight
         self.embodiments = dict(embodiments or {})
         self.vocab_size = action_bins + 1  # the bins, then the BOS token that starts every action sequence

@@ -1,9 +1,13 @@
-"""World-Action Model: a decoder-only transformer over embodiment, state, goal and action tokens.
+"""World-Action Model: a decoder-only transformer over embodiment, observation and action tokens.
 
-Sequence: ``[joint tokens][state slot tokens][goal tokens][image patches][BOS + action tokens]``,
-causal attention throughout, so a single ``DynamicCache`` holds the whole prefix and decoding adds
-one action token per step. Each action position is told which canonical dimension and chunk step
-it predicts (dimension and step embeddings), so robots with different slot masks share one vocabulary.
+Sequence: ``[joint tokens][state slot tokens][keypoint tokens][task tokens][goal tokens][image
+patches][BOS + action tokens]``, causal attention, so a single ``DynamicCache`` holds the whole prefix
+and decoding adds one action token per step. Absent observation parts (padding keypoints and task
+words, a missing goal) are masked out of attention, not merely zeroed. The keypoints are a set: one
+shared point MLP embeds each, all of them share one rotary position and see each other (a
+bidirectional block inside the causal prefix), so their order changes nothing. Each action position
+is told which canonical dimension and chunk step it predicts (dimension and step embeddings), so
+robots with different slot masks share one vocabulary.
 """
 
 from __future__ import annotations
@@ -26,7 +30,13 @@ from .configuration_wam import WamConfig
 
 SEGMENT_JOINT, SEGMENT_STATE, SEGMENT_GOAL, SEGMENT_IMAGE, SEGMENT_ACTION = range(5)
 GOAL_PER_ARM = 18  # position (3) + 6D rotation (6), then both relative to the current end effector (9)
+FLOW_SCALE = 10.0  # the keypoint-flow head works in decimetres: O(1) outputs for motions of centimetres
 LABEL_SIGMA = 1.5  # bins: width of the Gaussian soft labels (near misses earn partial credit)
+
+
+def keypoint_features(max_arms: int) -> int:
+    """Width of one keypoint token's input: its position, then its offset from each arm's end effector."""
+    return 3 + 3 * max_arms
 
 
 @dataclass
@@ -207,6 +217,12 @@ class WamModel(WamPreTrainedModel):
         self.patch_proj = (
             nn.Linear(config.num_channels * config.patch_size**2, h) if config.image_size > 0 else None
         )
+        # one MLP shared by every keypoint (no per-index embedding: the keypoints are a set)
+        self.keypoint_proj = (
+            nn.Sequential(nn.Linear(keypoint_features(config.max_arms), h), nn.SiLU(), nn.Linear(h, h))
+            if config.max_keypoints > 0 else None
+        )
+        self.task_embed = nn.Embedding(config.task_vocab_size, h) if config.task_vocab_size > 0 else None
         self.embed_tokens = nn.Embedding(config.vocab_size, h)
         self.dim_embed = nn.Embedding(config.action_dim, h)
         self.step_embed = nn.Embedding(config.chunk_length, h)
@@ -228,11 +244,16 @@ class WamModel(WamPreTrainedModel):
         joint_mask: Tensor,
         state: Tensor,
         state_mask: Tensor,
-        goal: Tensor,
-        goal_mask: Tensor,
+        goal: Tensor | None = None,
+        goal_mask: Tensor | None = None,
         pixel_values: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Embodiment, state, goal (and image) tokens ``[B, P, hidden]`` with their validity ``[B, P]``."""
+        keypoints: Tensor | None = None,
+        keypoint_mask: Tensor | None = None,
+        task_ids: Tensor | None = None,
+        task_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Prefix tokens ``[B, P, hidden]``, their validity ``[B, P]`` (``prefix_mask``) and rotary positions
+        ``[P]`` (the keypoint tokens share one). Absent optional inputs (None) are masked out."""
         cfg = self.config
         B = state.shape[0]
         seg = self.segment_embed.weight
@@ -244,19 +265,72 @@ class WamModel(WamPreTrainedModel):
             values = F.pad(state[:, start : start + size] * state_mask[:, start : start + size], (0, pad))
             slots.append(torch.cat([values, F.pad(state_mask[:, start : start + size].to(values.dtype), (0, pad))], -1))
         states = self.state_proj(torch.stack(slots, 1).to(dtype)) + self.slot_embed.weight + seg[SEGMENT_STATE]
+        parts = [joints, states]
+        if self.keypoint_proj is not None:
+            if keypoints is None:
+                keypoints = states.new_zeros(B, cfg.max_keypoints, keypoint_features(cfg.max_arms))
+            elif keypoints.shape[1:] != (cfg.max_keypoints, keypoint_features(cfg.max_arms)):
+                raise InvalidActionError(
+                    f"keypoints must be [B, {cfg.max_keypoints}, {keypoint_features(cfg.max_arms)}] (use WamProcessor), "
+                    f"got {tuple(keypoints.shape)}"
+                )
+            parts.append(self.keypoint_proj(keypoints.to(dtype)))
+        elif keypoints is not None:
+            raise InvalidActionError("this model was configured without keypoint inputs (max_keypoints=0)")
+        if self.task_embed is not None:
+            if task_ids is None:
+                task_ids = torch.zeros(B, cfg.max_task_tokens, dtype=torch.long, device=states.device)
+            elif task_ids.shape[1:] != (cfg.max_task_tokens,) or int(task_ids.max()) >= cfg.task_vocab_size:
+                raise InvalidActionError(
+                    f"task_ids must be [B, {cfg.max_task_tokens}] ids below {cfg.task_vocab_size} (the processor's task "
+                    "vocabulary must be the one the model was built with)"
+                )
+            parts.append(self.task_embed(task_ids))
+        elif task_ids is not None:
+            raise InvalidActionError("this model was configured without task inputs (task_vocab_size=0)")
+        if goal is None:
+            goal = states.new_zeros(B, cfg.max_arms * GOAL_PER_ARM)
+            goal_mask = torch.zeros(B, cfg.max_arms, dtype=torch.bool, device=states.device)
         goals = goal.view(B, cfg.max_arms, GOAL_PER_ARM).to(dtype)
-        goals = (self.goal_proj(goals) + self.arm_embed.weight) * goal_mask[..., None] + seg[SEGMENT_GOAL]
-        parts = [joints, states, goals]
-        # Goal tokens of absent arms are zeroed above but stay attendable, like the state slot tokens.
-        masks = [joint_mask.bool(), state_mask.new_ones(B, len(cfg.state_slots) + cfg.max_arms, dtype=torch.bool)]
+        parts.append((self.goal_proj(goals) + self.arm_embed.weight) * goal_mask[..., None] + seg[SEGMENT_GOAL])
         if pixel_values is not None:
             if self.patch_proj is None:
                 raise InvalidActionError("this model was configured without image inputs (image_size=0)")
             p = cfg.patch_size
             patches = F.unfold(pixel_values.to(dtype), kernel_size=p, stride=p).transpose(1, 2)
             parts.append(self.patch_proj(patches) + seg[SEGMENT_IMAGE])
-            masks.append(torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device))
-        return torch.cat(parts, 1), torch.cat(masks, 1)
+        mask = self.prefix_mask(joint_mask, goal_mask, keypoint_mask, task_mask, pixel_values)
+        positions = torch.arange(mask.shape[1], device=mask.device)
+        if self.keypoint_proj is not None:
+            first = joint_mask.shape[1] + len(cfg.state_slots)
+            positions[first : first + cfg.max_keypoints] = first
+        return torch.cat(parts, 1), mask, positions
+
+    def prefix_mask(
+        self,
+        joint_mask: Tensor,
+        goal_mask: Tensor | None = None,
+        keypoint_mask: Tensor | None = None,
+        task_mask: Tensor | None = None,
+        pixel_values: Tensor | None = None,
+    ) -> Tensor:
+        """Which prefix tokens attention may read ``[B, P]``: the robot's joints, every state slot, the valid
+        keypoints and task words, the goal tokens of a sample that has a goal (an arm the robot lacks keeps
+        a zeroed token, the v1 layout), every image patch. Decoding with a cache extends it by one per token."""
+        cfg = self.config
+        B, device = joint_mask.shape[0], joint_mask.device
+        masks = [joint_mask.bool(), torch.ones(B, len(cfg.state_slots), dtype=torch.bool, device=device)]
+        if self.keypoint_proj is not None:
+            masks.append(keypoint_mask.bool() if keypoint_mask is not None else torch.zeros(B, cfg.max_keypoints, dtype=torch.bool, device=device))
+        if self.task_embed is not None:
+            masks.append(task_mask.bool() if task_mask is not None else torch.zeros(B, cfg.max_task_tokens, dtype=torch.bool, device=device))
+        has_goal = goal_mask.bool().any(-1, keepdim=True) if goal_mask is not None else torch.zeros(B, 1, dtype=torch.bool, device=device)
+        masks.append(has_goal.expand(B, cfg.max_arms))
+        if pixel_values is not None:
+            p = cfg.patch_size
+            patches = (pixel_values.shape[-2] // p) * (pixel_values.shape[-1] // p)
+            masks.append(torch.ones(B, patches, dtype=torch.bool, device=device))
+        return torch.cat(masks, 1)
 
     def embed_actions(self, input_ids: Tensor, action_dims: Tensor, action_steps: Tensor) -> Tensor:
         """Previous token + which (dimension, step) this position predicts."""
@@ -285,8 +359,13 @@ class WamModel(WamPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        keypoints: Tensor | None = None,
+        keypoint_mask: Tensor | None = None,
+        task_ids: Tensor | None = None,
+        task_mask: Tensor | None = None,
     ) -> WamModelOutput | tuple:
-        """Run the trunk. The prefix inputs are needed only when the cache is empty.
+        """Run the trunk. The prefix inputs are needed only when the cache is empty; of them only the
+        embodiment and state are required (goal, keypoints, task words and images are masked when absent).
 
         ``attention_mask`` [B, past + new] marks valid keys; it is built (and returned) when omitted.
         ``output_attentions``, ``output_hidden_states`` and ``return_dict`` follow transformers (defaults
@@ -295,19 +374,25 @@ class WamModel(WamPreTrainedModel):
         cfg = self.config
         output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
-        return_dict = cfg.use_return_dict if return_dict is None else return_dict
+        return_dict = cfg.return_dict if return_dict is None else return_dict
         past = cache.get_seq_length() if cache is not None else 0
         embeds = self.embed_actions(input_ids, action_dims, action_steps)
         new_mask = torch.ones(input_ids.shape, dtype=torch.bool, device=input_ids.device)
+        positions = torch.arange(past, past + input_ids.shape[1], device=input_ids.device)
         if past == 0:
-            if joint_features is None or state is None or goal is None or joint_mask is None or state_mask is None or goal_mask is None:
+            if joint_features is None or state is None or joint_mask is None or state_mask is None:
                 raise InvalidActionError(
-                    "the first forward needs joint_features, joint_mask, state, state_mask, goal and goal_mask "
+                    "the first forward needs joint_features, joint_mask, state and state_mask "
                     "(use WamProcessor to build them)"
                 )
-            prefix, prefix_mask = self.embed_prefix(joint_features, joint_mask, state, state_mask, goal, goal_mask, pixel_values)
+            if (goal is None) != (goal_mask is None):
+                raise InvalidActionError("goal and goal_mask go together (use WamProcessor to build them)")
+            prefix, prefix_mask, prefix_positions = self.embed_prefix(
+                joint_features, joint_mask, state, state_mask, goal, goal_mask, pixel_values, keypoints, keypoint_mask, task_ids, task_mask
+            )
             embeds = torch.cat([prefix, embeds], 1)
             new_mask = torch.cat([prefix_mask, new_mask], 1)
+            positions = torch.cat([prefix_positions, positions + prefix.shape[1]])
         if attention_mask is None:
             if past:
                 raise InvalidActionError("decoding with a cache needs the running attention_mask")
@@ -319,8 +404,10 @@ class WamModel(WamPreTrainedModel):
         total = attention_mask.shape[1]
         if total != past + L:
             raise InvalidActionError(f"attention_mask covers {total} positions, expected {past + L}")
-        positions = torch.arange(past, past + L, device=embeds.device)
-        causal = positions[:, None] >= torch.arange(total, device=embeds.device)[None, :]
+        # a key is visible from a query at the same or a later rotary position: causal, except that the
+        # keypoint tokens (one shared position) see each other; cached keys all sit at or before ``past``
+        keys = positions if past == 0 else torch.arange(total, device=embeds.device)
+        causal = positions[:, None] >= keys[None, :]
         mask4d = causal[None, None] & attention_mask[:, None, None, :]
         position_embeddings = self.rotary_emb(embeds, positions.expand(embeds.shape[0], L))
         hidden = embeds
@@ -352,15 +439,21 @@ class WamModel(WamPreTrainedModel):
 
 
 class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
-    """WAM with the action head (logits over action bins) and the world head (future end-effector positions)."""
+    """WAM with the action head (logits over action bins) and the world head: the keypoint flow (where each
+    object keypoint and end effector moves at each chunk step) or, with ``max_keypoints=0``, the v1
+    end-effector positions."""
 
     def __init__(self, config: WamConfig) -> None:
         super().__init__(config)
+        h = config.hidden_size
         self.model = WamModel(config)
-        self.action_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.world_head = nn.Sequential(
-            nn.Linear(config.hidden_size, config.hidden_size), nn.SiLU(), nn.Linear(config.hidden_size, 3 * config.max_arms)
-        )
+        self.action_head = nn.Linear(h, config.vocab_size, bias=False)
+        flow = config.max_keypoints > 0
+        self.world_head = nn.Sequential(nn.Linear(h, h), nn.SiLU(), nn.Linear(h, 3 if flow else 3 * config.max_arms))
+        # keypoint flow: a step's pooled hidden state plus one query per point (from its input features, so the
+        # flow follows the keypoints' order) or per end effector
+        self.flow_query = nn.Linear(keypoint_features(config.max_arms), h) if flow else None
+        self.flow_arm = nn.Embedding(config.max_arms, h) if flow else None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -423,12 +516,30 @@ class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
         target = F.pad(target / target.sum(-1, keepdim=True), (0, flat.shape[-1] - self.config.action_bins))
         return -(target * torch.log_softmax(flat, -1)).sum(-1).mean()
 
-    def world_from_hidden(self, hidden: Tensor, action_steps: Tensor) -> Tensor:
-        """Mean hidden state of each chunk step -> predicted end-effector positions ``[B, H, 3 * max_arms]``."""
+    def world_from_hidden(self, hidden: Tensor, action_steps: Tensor, keypoints: Tensor | None = None) -> Tensor:
+        """Mean hidden state of each chunk step -> the world prediction: with keypoints configured the flow
+        ``[B, H, max_keypoints + max_arms, 3]`` (metres moved since now: keypoints in ``keypoints``' order, then
+        each arm's end effector); else the v1 end-effector positions ``[B, H, 3 * max_arms]``."""
         onehot = F.one_hot(action_steps.clamp_min(0), self.config.chunk_length).to(hidden.dtype)
         onehot = onehot * (action_steps >= 0)[..., None].to(hidden.dtype)
         pooled = onehot.transpose(1, 2) @ hidden / onehot.sum(1)[..., None].clamp_min(1)
-        return self.world_head(pooled)
+        if self.flow_query is None:
+            return self.world_head(pooled)
+        B, cfg = hidden.shape[0], self.config
+        if keypoints is None:
+            keypoints = hidden.new_zeros(B, cfg.max_keypoints, keypoint_features(cfg.max_arms))
+        queries = torch.cat([self.flow_query(keypoints.to(hidden.dtype)), self.flow_arm.weight.expand(B, -1, -1)], 1)
+        return self.world_head(pooled[:, :, None] + queries[:, None]) / FLOW_SCALE
+
+    def world_loss(self, world: Tensor, targets: Tensor, mask: Tensor | None) -> Tensor:
+        """Masked MSE on v1 end-effector positions; masked smooth L1 on the flow, in decimetres."""
+        mask = torch.ones_like(world) if mask is None else mask.to(world.dtype)
+        mask = mask[..., None].expand_as(world) if mask.dim() < world.dim() else mask
+        if self.flow_query is None:
+            err = (world - targets.to(world.dtype)) ** 2
+        else:
+            err = F.smooth_l1_loss(world * FLOW_SCALE, targets.to(world.dtype) * FLOW_SCALE, reduction="none")
+        return (err * mask).sum() / mask.sum().clamp_min(1)
 
     def forward(
         self,
@@ -451,17 +562,24 @@ class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        keypoints: Tensor | None = None,
+        keypoint_mask: Tensor | None = None,
+        task_ids: Tensor | None = None,
+        task_mask: Tensor | None = None,
     ) -> WamActionOutput | tuple:
-        """Logits for every action position; with ``labels`` the token loss, with ``world_targets`` the world loss.
+        """Logits for every action position; with ``labels`` the token loss, with ``world_targets`` the world loss
+        (and ``world``, the prediction).
 
-        The prefix inputs (``joint_features`` ... ``goal_mask``, optional ``pixel_values``) come from
-        ``WamProcessor`` and are needed only while the cache is empty. ``output_attentions``,
-        ``output_hidden_states`` and ``return_dict`` follow transformers; an unknown keyword is a ``TypeError``."""
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        The prefix inputs (``joint_features`` ... ``goal_mask``, optional ``pixel_values``, ``keypoints`` +
+        ``keypoint_mask``, ``task_ids`` + ``task_mask``) come from ``WamProcessor`` and are needed only while
+        the cache is empty. ``output_attentions``, ``output_hidden_states`` and ``return_dict`` follow
+        transformers; an unknown keyword is a ``TypeError``."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         out = self.model(
             input_ids, action_dims, action_steps, joint_features, joint_mask, state, state_mask, goal, goal_mask,
             pixel_values, attention_mask, cache=cache, use_cache=use_cache, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True,
+            output_hidden_states=output_hidden_states, return_dict=True, keypoints=keypoints, keypoint_mask=keypoint_mask,
+            task_ids=task_ids, task_mask=task_mask,
         )
         hidden = out.last_hidden_state[:, -input_ids.shape[1] :]
         logits = self.action_head(hidden)
@@ -470,9 +588,8 @@ class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
             action_loss = self.soft_label_loss(logits, labels)
             loss = action_loss
         if world_targets is not None:
-            world = self.world_from_hidden(hidden, action_steps)
-            mask = world_mask.to(world.dtype) if world_mask is not None else torch.ones_like(world)
-            world_loss = ((world - world_targets.to(world.dtype)) ** 2 * mask).sum() / mask.sum().clamp_min(1)
+            world = self.world_from_hidden(hidden, action_steps, keypoints)
+            world_loss = self.world_loss(world, world_targets, world_mask)
             loss = world_loss * self.config.world_loss_weight + (loss if loss is not None else 0)
         result = WamActionOutput(
             loss=loss,
@@ -500,12 +617,15 @@ class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
         k = input_ids.shape[1]
         inputs: dict[str, Any] = {"cache": cache, "use_cache": True}
         if past == 0:
-            prefix = ("joint_features", "state", "state_mask", "goal", "goal_mask", "pixel_values")
+            prefix = ("joint_features", "state", "state_mask", "goal", "goal_mask", "pixel_values", "keypoints", "keypoint_mask", "task_ids", "task_mask")
             inputs.update({key: kwargs.get(key) for key in prefix}, joint_mask=joint_mask, input_ids=input_ids)
             inputs.update(action_dims=action_dims[:, :k], action_steps=action_steps[:, :k])
         else:
-            rest = torch.ones(joint_mask.shape[0], past + 1 - joint_mask.shape[1], dtype=torch.bool, device=input_ids.device)
-            inputs.update(input_ids=input_ids[:, -1:], attention_mask=torch.cat([joint_mask.bool(), rest], 1))
+            prefix_mask = self.model.prefix_mask(
+                joint_mask, kwargs.get("goal_mask"), kwargs.get("keypoint_mask"), kwargs.get("task_mask"), kwargs.get("pixel_values")
+            )
+            rest = torch.ones(joint_mask.shape[0], past + 1 - prefix_mask.shape[1], dtype=torch.bool, device=input_ids.device)
+            inputs.update(input_ids=input_ids[:, -1:], attention_mask=torch.cat([prefix_mask, rest], 1))
             inputs.update(action_dims=action_dims[:, k - 1 : k], action_steps=action_steps[:, k - 1 : k])
         return inputs
 
@@ -527,7 +647,8 @@ class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
 
         With a cache the prefix is encoded once and shared by the ``num_samples`` paths of each
         observation (the cache is repeated, not recomputed). ``imagine=True`` adds the world head's
-        predicted end-effector positions ``[B*G, H, 3 * max_arms]``. ``cache``: an empty cache to fill
+        prediction (``world_from_hidden``: the keypoint flow ``[B*G, H, max_keypoints + max_arms, 3]``, or the
+        v1 end-effector positions ``[B*G, H, 3 * max_arms]``). ``cache``: an empty cache to fill
         instead of a fresh ``DynamicCache`` (e.g. one that appends without re-copying).
         """
         B, L = action_dims.shape
@@ -566,7 +687,9 @@ class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
                 out = self(tokens, dims[:, : k + 2], steps[:, : k + 2], **rep_prefix)
         result = {"tokens": tokens[:, 1:]}
         if imagine:
-            result["world"] = self.world_from_hidden(torch.stack(hiddens, 1), steps)
+            keypoints = prefix.get("keypoints")
+            keypoints = keypoints.repeat_interleave(G, 0) if keypoints is not None else None
+            result["world"] = self.world_from_hidden(torch.stack(hiddens, 1), steps, keypoints)
         return result
 
     @torch.no_grad()
@@ -583,7 +706,7 @@ class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Predict a chunk of native joint commands ``[B, H, dof]`` from ``processor(obs, embodiment)``.
 
-        ``imagine=True`` also returns the world head's end-effector positions ``[B, H, 3 * max_arms]``.
+        ``imagine=True`` also returns the world head's prediction (``world_from_hidden``).
         The processor's tensors move to the model's device; the tokens come back to the host, where the
         ``action_decoder`` (IK, limit clamping) runs, so the results are host tensors wherever the model is.
         """

@@ -2,15 +2,17 @@
 
 It owns everything non-neural between a robot and the model: the embodiment cards (and their
 URDFs, saved next to the weights and fetched back through ``cached_file``), the canonical
-normalization (``KinematicAdapter``), the action-token schedule a robot fills, and the binning
-tokenizer. Decoding clamps every command to the URDF position limits and to the velocity limits
-over one control step.
+normalization (``KinematicAdapter``), the action-token schedule a robot fills, the binning
+tokenizer, the keypoint features and the word-level task tokenizer (its vocabulary is saved in
+``processor_config.json``). Decoding clamps every command to the URDF position limits and to the
+velocity limits over one control step.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -28,6 +30,8 @@ from .modeling_wam import GOAL_PER_ARM
 
 EMBODIMENTS_DIR = "embodiments"
 _RELATIVE_GOAL_SCALE = 10.0  # goal-minus-end-effector offsets (decimetres, 6D entries x10): O(1) inputs
+TASK_PAD, TASK_UNK = 0, 1  # task token ids; the vocabulary's words follow
+_TASK_WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")  # lowercase words and numbers; each punctuation mark alone
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
 
@@ -48,6 +52,9 @@ class WamProcessor(ProcessorMixin):
         ik_restarts: int = 4,
         relative_position_range: float | None = 0.25,
         relative_rotation_range: float | None = 0.5,
+        max_keypoints: int = 0,
+        task_vocab: Sequence[str] = (),
+        max_task_tokens: int = 16,
     ) -> None:
         self.space = CanonicalActionSpace(max_arms, max_arm_joints)
         if action_low is None or action_high is None:
@@ -62,6 +69,10 @@ class WamProcessor(ProcessorMixin):
         self.max_arms, self.max_arm_joints, self.max_joints = max_arms, max_arm_joints, max_joints
         self.ik_restarts = ik_restarts
         self.embodiment_names = list(embodiment_names)
+        self.max_keypoints = max_keypoints
+        self.task_vocab = list(task_vocab)
+        self.max_task_tokens = max_task_tokens
+        self._task_ids = {w: i + 2 for i, w in enumerate(self.task_vocab)}
         self.embodiments: dict[str, Embodiment] = {}
         self._adapters: dict[str, KinematicAdapter] = {}
         super().__init__()
@@ -108,6 +119,30 @@ class WamProcessor(ProcessorMixin):
         steps_t = torch.arange(self.chunk_length).repeat_interleave(len(dims))
         return dims_t, steps_t
 
+    # ------------------------------------------------------------------ task tokenizer
+    @staticmethod
+    def task_words(texts: Sequence[str]) -> list[str]:
+        """The sorted word vocabulary of ``texts`` (lowercase, punctuation split off), for ``task_vocab=``."""
+        return sorted({w for t in texts for w in _TASK_WORD.findall(t.lower())})
+
+    @property
+    def task_vocab_size(self) -> int:
+        """Task token ids the model must embed (pad, unknown, then the words); 0 without a vocabulary."""
+        return len(self.task_vocab) + 2 if self.task_vocab else 0
+
+    def encode_task(self, task: str | Sequence[str] | None, batch_size: int) -> tuple[Tensor, Tensor]:
+        """Task string(s) -> ``task_ids`` ``[B, max_task_tokens]`` and ``task_mask``; a word outside the vocabulary
+        is the unknown id, words past ``max_task_tokens`` are dropped, no task masks every position."""
+        if isinstance(task, str):
+            task = [task] * batch_size
+        if task is not None and (len(task) != batch_size or not all(isinstance(t, str) for t in task)):
+            raise InvalidActionError(f"task must be a string or a list of {batch_size} strings, got {task!r:.200}")
+        ids = torch.full((batch_size, self.max_task_tokens), TASK_PAD, dtype=torch.long)
+        for b, text in enumerate(task or ()):
+            words = _TASK_WORD.findall(text.lower())[: self.max_task_tokens]
+            ids[b, : len(words)] = torch.tensor([self._task_ids.get(w, TASK_UNK) for w in words], dtype=torch.long)
+        return ids, ids != TASK_PAD
+
     # ------------------------------------------------------------------ encoding
     def __call__(
         self,
@@ -116,12 +151,20 @@ class WamProcessor(ProcessorMixin):
         actions: Tensor | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
-        """``observation``: ``state`` (native joints ``[B, dof]``), ``goal`` (per-arm target poses
-        ``[B, arms, 4, 4]`` in each arm's base frame), optional ``pixel_values``. ``actions``
-        (native ``[B, H, dof]``) adds ``input_ids``/``labels``/``world_targets`` for training."""
+        """``observation`` (plain or LeRobot ``observation.*`` names): ``state`` (native joints ``[B, dof]``,
+        required); optional ``goal`` (per-arm target poses ``[B, arms, 4, 4]`` in each arm's base frame),
+        ``environment_state`` (object keypoints ``[B, K*3]`` or ``[B, K, 3]``, metres in arm 0's base frame,
+        ``K <= max_keypoints``), ``task`` (a string, or one per sample), ``pixel_values``. What the processor
+        is not configured for (keypoints, tasks) is left out; what is absent is masked.
+
+        ``actions`` (native ``[B, H, dof]``) adds ``input_ids``/``labels``/``world_targets``/``world_mask`` for
+        training. With keypoints the world targets are the flow (``[B, H, max_keypoints + max_arms, 3]``, metres
+        moved since now) from ``future_environment_state`` ``[B, H, K*3]`` (the keypoints after each step; else
+        their flow is masked) and ``future_state`` ``[B, H, dof]`` (the joints after each step, FK gives the end
+        effectors; else the commanded ``actions``)."""
         emb = self.resolve(embodiment)
         adapter = self.adapter(emb)
-        state = observation.get("state", observation.get("observation.state"))
+        state = _get(observation, "state")
         if state is None:
             raise InvalidActionError("observation needs 'state' (native joint positions [B, dof])")
         q = _float32_range(emb.check_q(torch.as_tensor(state, dtype=torch.float64), "observation state"), "observation state")
@@ -141,10 +184,19 @@ class WamProcessor(ProcessorMixin):
             "action_dims": dims.expand(B, -1),
             "action_steps": steps.expand(B, -1),
         }
+        points = point_mask = None
+        if self.max_keypoints:
+            points, point_mask = self._points(_get(observation, "environment_state"), B, "environment_state")
+            features["keypoints"] = self._keypoint_features(points, emb, x)
+            features["keypoint_mask"] = point_mask
+        if self.task_vocab:
+            features["task_ids"], features["task_mask"] = self.encode_task(_get(observation, "task"), B)
         if observation.get("pixel_values") is not None:
             features["pixel_values"] = torch.as_tensor(observation["pixel_values"], dtype=torch.float32)
         if actions is not None:
             features.update(self._targets(actions, emb, x, dims, steps, B))
+            if self.max_keypoints:
+                features.update(self._flow_targets(observation, emb, x, features.pop("world_targets"), points, point_mask, B))
         batch = BatchFeature(features)
         batch["action_decoder"] = ActionDecoder(self, emb, q)
         return batch
@@ -152,11 +204,11 @@ class WamProcessor(ProcessorMixin):
     def _goal(self, observation: Mapping[str, Any], emb: Embodiment, state: Tensor) -> tuple[Tensor, Tensor]:
         """Per arm: goal position and 6D rotation, then the goal minus the current end-effector pose
         (scaled by 10: the offset the policy must close is the most informative input)."""
-        goal = observation.get("goal", observation.get("observation.goal"))
-        if goal is None:
-            raise InvalidActionError("observation needs 'goal' (target end-effector pose per arm)")
-        goal = _float32_range(torch.as_tensor(goal, dtype=torch.float64), "goal")
         B, n = state.shape[0], len(emb.arms)
+        goal = _get(observation, "goal")
+        if goal is None:  # no goal: zeros, and a mask the model reads as "absent"
+            return torch.zeros(B, self.max_arms * GOAL_PER_ARM), torch.zeros(B, self.max_arms, dtype=torch.bool)
+        goal = _float32_range(torch.as_tensor(goal, dtype=torch.float64), "goal")
         if goal.shape[-2:] == (4, 4):
             goal = goal.reshape(-1, n, 4, 4) if goal.dim() > 2 else goal.reshape(1, 1, 4, 4)
             goal = torch.cat([goal[..., :3, 3], matrix_to_rotation_6d(goal[..., :3, :3])], -1).reshape(goal.shape[0], -1)
@@ -173,6 +225,64 @@ class WamProcessor(ProcessorMixin):
         goal_mask = torch.zeros(B, self.max_arms, dtype=torch.bool)
         goal_mask[:, :n] = True
         return padded.reshape(B, -1), goal_mask
+
+    def _points(self, values: Any, B: int, what: str, steps: int | None = None) -> tuple[Tensor, Tensor]:
+        """Keypoints ``[B, (steps,) K*3]`` or ``[B, (steps,) K, 3]`` -> padded ``[B, (steps,) max_keypoints, 3]``
+        (float64) and the mask of real ones ``[B, max_keypoints]``; None gives no keypoints."""
+        lead = (B,) if steps is None else (B, steps)
+        points = torch.zeros(*lead, self.max_keypoints, 3, dtype=torch.float64)
+        mask = torch.zeros(B, self.max_keypoints, dtype=torch.bool)
+        if values is None:
+            return points, mask
+        v = _float32_range(torch.as_tensor(values, dtype=torch.float64), what)
+        if v.dim() == len(lead):  # one observation: [K*3] (or [H, K*3])
+            v = v[None]
+        if v.dim() == len(lead) + 1 and v.shape[-1] % 3 == 0:  # flat K*3
+            v = v.reshape(*v.shape[:-1], -1, 3)
+        if v.dim() != len(lead) + 2 or tuple(v.shape[: len(lead)]) != lead or v.shape[-1] != 3 or v.shape[-2] > self.max_keypoints:
+            shape = f"[{B}, {steps}, K*3]" if steps is not None else f"[{B}, K*3] or [{B}, K, 3]"
+            raise InvalidActionError(f"{what} has shape {tuple(v.shape)}; expected {shape} with K <= {self.max_keypoints}")
+        K = v.shape[-2]
+        points[..., :K, :] = v
+        mask[:, :K] = True
+        return points, mask
+
+    def _keypoint_features(self, points: Tensor, emb: Embodiment, state: Tensor) -> Tensor:
+        """Per keypoint its position, then its offset from each arm's end effector (scaled like the goal's;
+        zero for arms the robot lacks): ``[B, max_keypoints, 3 + 3 * max_arms]`` (``keypoint_features``)."""
+        B = points.shape[0]
+        rel = torch.zeros(B, self.max_keypoints, self.max_arms, 3, dtype=torch.float64)
+        for i in range(len(emb.arms)):
+            rel[:, :, i] = (points - state[:, None, self.space[f"arm{i}.ee_pos"]]) * _RELATIVE_GOAL_SCALE
+        return _float32_range(torch.cat([points, rel.flatten(2)], -1), "the keypoint features").float()
+
+    def _flow_targets(
+        self, observation: Mapping[str, Any], emb: Embodiment, state: Tensor, commanded: Tensor,
+        points: Tensor, point_mask: Tensor, B: int,
+    ) -> dict[str, Tensor]:
+        """Keypoint flow targets ``[B, H, max_keypoints + max_arms, 3]`` (offsets from now) and their mask."""
+        H = self.chunk_length
+        world = torch.zeros(B, H, self.max_keypoints + self.max_arms, 3)
+        world_mask = torch.zeros(B, H, self.max_keypoints + self.max_arms, dtype=torch.bool)
+        future = _get(observation, "future_environment_state")
+        if future is not None:
+            ahead, _ = self._points(future, B, "future_environment_state", steps=H)
+            world[:, :, : self.max_keypoints] = (ahead - points[:, None]).float()
+            world_mask[:, :, : self.max_keypoints] = point_mask[:, None]
+        future_state = _get(observation, "future_state")
+        if future_state is not None:
+            q = emb.check_q(torch.as_tensor(future_state, dtype=torch.float64), "future_state")
+            if q.shape[:2] != (B, H):
+                raise InvalidActionError(f"future_state must be [B={B}, H={H}, dof], got {tuple(q.shape)}")
+            ends = self.adapter(emb).to_canonical(q)[0]
+        else:
+            ends = None
+        for i in range(len(emb.arms)):
+            pos = self.space[f"arm{i}.ee_pos"]
+            end = ends[..., pos] if ends is not None else commanded[..., 3 * i : 3 * i + 3].double()
+            world[:, :, self.max_keypoints + i] = (end - state[:, None, pos]).float()
+            world_mask[:, :, self.max_keypoints + i] = True
+        return {"world_targets": world, "world_mask": world_mask}
 
     def _relative_dims(self, emb: Embodiment) -> Tensor:
         """Canonical dimensions coded as offsets from the current state (end-effector pose, if enabled):
@@ -267,6 +377,12 @@ class WamProcessor(ProcessorMixin):
             emb = Embodiment.from_card(json.loads(Path(card).read_text()), Path(urdf).read_text())
             processor.embodiments[name] = emb
         return processor
+
+
+def _get(observation: Mapping[str, Any], key: str) -> Any:
+    """``observation[key]``, else its LeRobot name ``observation.<key>``, else None."""
+    value = observation.get(key)
+    return value if value is not None else observation.get(f"observation.{key}")
 
 
 def _float32_range(values: Tensor, what: str) -> Tensor:
