@@ -249,6 +249,20 @@ def test_collection_never_reaches_evaluation_seeds(tmp_path) -> None:
 
     with pytest.raises(DatasetError, match="evaluation seeds"):
         collect(["lift"], "panda", EVAL_SEED_BASE // 2, tmp_path / "big", progress=False)
+    with pytest.raises(DatasetError, match="evaluation seeds"):
+        collect(["lift"], "panda", 2, tmp_path / "late", progress=False, first_seed=EVAL_SEED_BASE - 3)
+
+
+def test_collection_from_another_seed_range_gives_other_episodes_and_keeps_to_its_range(tmp_path, lift_demos) -> None:
+    from embodyhub.data import load_dataset
+    from embodyhub.envs.sim import collect
+
+    held_out = load_dataset(collect(["lift"], "panda", 1, tmp_path / "held", progress=False, first_seed=500))
+    first = held_out.episode(0)["observation.environment_state"][0]
+    assert not torch.allclose(first, lift_demos.episode(0)["observation.environment_state"][0])  # another cube placement
+    assert sorted(p.name for p in (tmp_path / "held" / ".staging").glob("*.npz"))[0].startswith("lift-0000500")
+    with pytest.raises(DatasetError, match="first_seed=500; this run asks for first_seed=0"):
+        collect(["lift"], "panda", 1, tmp_path / "held", progress=False)
 
 
 def test_cli_errors_name_the_valid_envs_and_robots(capsys) -> None:

@@ -103,9 +103,10 @@ def _check_staging(out: Path, config: dict[str, Any]) -> Path:
     elif info.is_file():
         recorded = (json.loads(info.read_text()).get("embodyhub") or {}).get("collection")
     # one robot and one camera setting per folder; a key missing from an older record means its default
-    for key, default in {"robot": None, "gripper": None, "camera": None, "image_size": None, "visual_meshes": False}.items():
+    defaults = {"robot": None, "gripper": None, "camera": None, "image_size": None, "visual_meshes": False, "first_seed": 0}
+    for key, default in defaults.items():
         if recorded is not None and recorded.get(key, default) != config[key]:
-            what = "one robot" if key in ("robot", "gripper") else "one camera setting"
+            what = {"robot": "one robot", "gripper": "one robot", "first_seed": "one seed range"}.get(key, "one camera setting")
             raise DatasetError(
                 f"{out} holds a dataset of {key}={recorded.get(key)!r}; this run asks for {key}={config[key]!r}: "
                 f"{what} per dataset, pick another --out"
@@ -126,33 +127,37 @@ def collect(
     image_size: int = 84,
     visual_meshes: bool = False,
     progress: bool = True,
+    first_seed: int = 0,
 ) -> Path:
     """Collect ``episodes`` successful expert demos per task on ``robot`` as a LeRobot v3.0 dataset at ``out``
-    (proprioception, keypoints, actions, task strings). With ``camera`` (a robosuite camera such as
-    ``"agentview"``) each frame also records ``observation.images.<camera>``, ``image_size`` pixels square,
-    rendering collision geoms only unless ``visual_meshes`` (about 20x slower); stored as PNG image features."""
+    (proprioception, keypoints, actions, task strings), trying seeds from ``first_seed`` on (another range
+    gives episodes disjoint from a first dataset's, e.g. held-out data). With ``camera`` (a robosuite camera
+    such as ``"agentview"``) each frame also records ``observation.images.<camera>``, ``image_size`` pixels
+    square, rendering collision geoms only unless ``visual_meshes`` (about 6x slower); stored as PNG image
+    features."""
     from ...data.lerobot import EMBODIMENT_DIR, write_dataset
     from .env import sim_task
     from .robots import sim_embodiment
 
     for task in tasks:
         sim_task(task)
-    if episodes * _MAX_ATTEMPTS_PER_EPISODE > EVAL_SEED_BASE:
-        raise DatasetError(f"{episodes} episodes per task could reach the evaluation seeds (from {EVAL_SEED_BASE}); collect fewer")
+    if first_seed < 0 or first_seed + episodes * _MAX_ATTEMPTS_PER_EPISODE > EVAL_SEED_BASE:
+        raise DatasetError(f"{episodes} episodes per task from seed {first_seed} could reach the evaluation seeds "
+                           f"(from {EVAL_SEED_BASE}); collect fewer or from a lower seed")
     if camera is not None and image_size < 1:
         raise DatasetError(f"image_size must be a positive number of pixels, got {image_size}")
     emb = sim_embodiment(robot, gripper)
     out = Path(out)
     config = {"robot": emb.name, "gripper": gripper, "camera": camera, "image_size": image_size if camera else None,
               "visual_meshes": bool(camera and visual_meshes),
-              "tasks": sorted(t.lower() for t in tasks), "episodes_per_task": episodes}
+              "tasks": sorted(t.lower() for t in tasks), "episodes_per_task": episodes, "first_seed": first_seed}
     staging = _check_staging(out, config)
     done: dict[str, list[Path]] = {}
     for task in tasks:
         task = task.lower()
         kept = sorted(staging.glob(f"{task}-*.npz"))
         tried = {int(p.stem.split("-")[1]) for p in staging.glob(f"{task}-*.*") if p.suffix in (".npz", ".fail")}
-        seed, limit = 0, episodes * _MAX_ATTEMPTS_PER_EPISODE
+        seed, limit = first_seed, first_seed + episodes * _MAX_ATTEMPTS_PER_EPISODE
         bar = _progress(episodes, f"collect {task}/{emb.name}", progress)
         bar.update(min(len(kept), episodes))
         while len(kept) < episodes:
