@@ -326,6 +326,20 @@ def _embodiment_from_args(args: argparse.Namespace) -> Any:
     return Embodiment.from_urdf(args.robot, arms=arms, grippers=args.gripper or (), control_hz=args.control_hz, name=args.name)
 
 
+def _base_config(base: str) -> dict[str, Any] | None:
+    """The base's ``config.json`` (a local folder, or a Hub id through huggingface_hub's cache and download),
+    read without importing transformers; None where it cannot be had."""
+    path = Path(base, "config.json")
+    if not path.is_file():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(base, "config.json"))
+        except Exception:  # noqa: BLE001 - offline, no such repo, not a repo id: the loader will say which
+            return None
+    return json.loads(path.read_text())
+
+
 def _cmd_adapt(args: argparse.Namespace) -> int:
     base = _model_dir(args.base)  # the arguments first: a wrong path or link fails before the model loads
     recipe_file = _recipe_path(args.recipe)
@@ -334,8 +348,9 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     if args.data:
         from .data import check_features, needed_features
 
-        config = Path(base, "config.json")  # a local base: check against what it needs; else the v1 features
-        check_features(args.data, needed_features(json.loads(config.read_text()) if config.is_file() else {}))
+        config = _base_config(base)
+        if config is not None:  # else adapt() checks once the model is loaded
+            check_features(args.data, needed_features(config))
     emb = _embodiment_from_args(args)
     from transformers import AutoModel, AutoProcessor
 

@@ -423,3 +423,15 @@ def test_native_load_adapter_checks_base_and_robot(tmp_path):
     (adapter / "wam_base.json").unlink()
     with pytest.raises(EmbodyHubError, match="wam_base.json"):
         WamForActionPrediction.from_pretrained(tmp_path / "model").load_adapter(str(adapter), adapter_name="panda")
+
+
+def test_adapt_reads_a_hub_base_config_before_loading_it(hub, tmp_path):
+    """``adapt --base ORG/NAME --data DIR`` checks the dataset against what that base needs (its config.json,
+    fetched alone) before any model loads; an unknown repo leaves the check to the loaded model."""
+    tiny_base(tmp_path / "base")
+    publish(tmp_path / "base", "org/adapt-base", endpoint=hub.url)
+    code = """
+        from embodyhub.cli import _base_config
+        print(json.dumps([_base_config("org/adapt-base")["model_type"], _base_config("org/no-such-base")]))
+    """
+    assert json.loads(client(hub, code, tmp_path / "home").stdout.splitlines()[-1]) == ["wam", None]
