@@ -6,7 +6,8 @@ ratio shows what the DynamicCache buys. Also splits token decoding from the nati
     python benchmarks/wam_inference.py [--model DIR] [--robot panda] [--repeats 20]
 
 Without ``--model`` a freshly initialised model with ``recipes/pretrain_tiny.yaml``'s sizes is used
-(latency does not depend on the weights).
+(latency does not depend on the weights). A v2 base (object keypoints) is fed a real observation of the
+manipulation benchmark (``--task`` on the simulator arm ``--robot``, first evaluation seed).
 """
 
 from __future__ import annotations
@@ -40,16 +41,26 @@ def load(model_dir: str | None) -> tuple[WamForActionPrediction, WamProcessor]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="saved model folder (default: fresh tiny model)")
-    parser.add_argument("--robot", default="panda")
+    parser.add_argument("--robot", default="panda", help="a bundled robot, or a simulator arm for a v2 base")
+    parser.add_argument("--task", default="stack", help="v2 base: the simulator task whose observation is fed")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
 
     model, processor = load(args.model)
-    emb = load_robot(args.robot)
-    gen = torch.Generator().manual_seed(0)
-    q = emb.sample(1, gen)
-    goal = torch.stack([c.forward_kinematics(emb.sample(1, gen)[:, i]) for c, i in zip(emb.chains, emb.arm_indices)], 1)
-    inputs = processor({"state": q, "goal": goal}, emb)
+    if processor.max_keypoints:  # a v2 base: a real observation of the manipulation benchmark
+        from embodyhub.envs.sim import EVAL_SEED_BASE, TASKS, SimEnv
+
+        env = SimEnv(args.task, args.robot)
+        obs = env.reset(EVAL_SEED_BASE)
+        emb = env.embodiment
+        inputs = processor({"state": obs["observation.state"][None], "environment_state": obs["observation.environment_state"][None],
+                            "task": TASKS[args.task].description}, emb)
+    else:
+        emb = load_robot(args.robot)
+        gen = torch.Generator().manual_seed(0)
+        q = emb.sample(1, gen)
+        goal = torch.stack([c.forward_kinematics(emb.sample(1, gen)[:, i]) for c, i in zip(emb.chains, emb.arm_indices)], 1)
+        inputs = processor({"state": q, "goal": goal}, emb)
     prefix = {k: v for k, v in inputs.items() if k not in ("action_decoder", "action_dims", "action_steps")}
     dims, steps = inputs["action_dims"], inputs["action_steps"]
 
