@@ -18,8 +18,6 @@ from pathlib import Path
 
 import torch
 
-import embodyhub  # noqa: F401  (registers the Auto classes)
-
 
 def flow_errors(model, processor, embodiment, samples: dict, batch_size: int = 256) -> dict[str, tuple[float, float, int]]:
     """``{"objects"|"end effectors": (model error sum, baseline error sum, count)}`` in metres."""
