@@ -640,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera", help="also record this robosuite camera's frames, e.g. agentview (PNG image features)")
     p.add_argument("--image-size", type=int, default=84, help="with --camera: frame height and width in pixels")
     p.add_argument("--visual-meshes", action="store_true",
-                   help="with --camera: render the full visual meshes (about 20x slower than the default collision geoms)")
+                   help="with --camera: render the full visual meshes (about 6x slower than the default collision geoms)")
     p.add_argument("--workers", type=int, default=1, help="simulator worker processes")
     p.add_argument("--first-seed", type=int, default=0, help="try episode seeds from this one on (another range: disjoint episodes)")
     p.add_argument("--out", required=True, help="dataset folder (resumes an interrupted run of the same robot and camera)")

@@ -203,6 +203,7 @@ def render_card(
         model_name=repo_id,
         eval_results=eval_results({k: v for k, v in results.items() if not v.get("baseline")}) or None,  # this model's own rows
     )
+    sim_rows = [v for v in results.values() if "task" in v]  # eval --env rows (per robot and task)
     values: dict[str, Any] = {
         "repo_id": repo_id,
         "kind": kind,
@@ -210,8 +211,8 @@ def render_card(
         "robots": robots,
         "card_location": {"base": "`embodiments/<robot>/embodiment.json`", "adapter": "`embodiment.json`", "export": "the bundle"}[kind],
         "eval_rows": [{"robot": k, **v} for k, v in results.items() if "task" not in v],
-        "sim_rows": [v for v in results.values() if "task" in v],
-        "sim_command": sim_eval_command([v for v in results.values() if "task" in v], repo_id) if any("task" in v for v in results.values()) else None,
+        "sim_rows": sim_rows,
+        "sim_command": sim_eval_command(sim_rows, repo_id) if sim_rows else None,
         "eval_plot": EVAL_PLOT if extra_files else None,
         "recipe": Path(recipe_path).read_text().strip() if recipe_path is not None else None,
     }

@@ -123,9 +123,29 @@ def publish(
             files[ADAPTER_CONFIG] = _adapter_config_for_hub(files[ADAPTER_CONFIG], base_model, Path(staged))
         if dry_run:
             return _result(repo_id, rendered, files, skipped, dry_run=True)
-        return _commit(repo_id, rendered, files, skipped, card_kwargs, folder, private=private, commit_message=commit_message,
-                       commit_description=commit_description, token=token, endpoint=endpoint, revision=revision,
-                       create_pr=create_pr, complete_from_repo=complete_from_repo)
+
+        from huggingface_hub import CommitOperationAdd, HfApi
+
+        api = HfApi(endpoint=endpoint, token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if complete_from_repo and kind == "base":
+            with tempfile.TemporaryDirectory(prefix="embodyhub-card-") as context:
+                if _fetch_card_context(api, repo_id, files, Path(context), revision):
+                    rendered = render_card(folder, repo_id, context=context, **card_kwargs)
+        operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in files.items()]
+        operations += [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in rendered.extra_files.items() if p not in files]
+        operations.append(CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=rendered.text.encode("utf-8")))
+        info = api.create_commit(
+            repo_id,
+            operations,
+            commit_message=commit_message or f"Upload {kind} with embodyhub",
+            commit_description=commit_description,
+            revision=revision,
+            create_pr=create_pr,
+        )
+        result = _result(repo_id, rendered, files, skipped)
+    result.commit_oid, result.commit_url = info.oid, info.commit_url
+    return result
 
 
 def _adapter_config_for_hub(path: Path, base_model: str | None, out: Path) -> Path:
@@ -139,56 +159,17 @@ def _adapter_config_for_hub(path: Path, base_model: str | None, out: Path) -> Pa
     return staged
 
 
-def _commit(
-    repo_id: str,
-    rendered: RenderedCard,
-    files: dict[str, Path],
-    skipped: list[str],
-    card_kwargs: dict[str, Any],
-    folder: str | os.PathLike,
-    *,
-    private: bool | None,
-    commit_message: str | None,
-    commit_description: str | None,
-    token: str | bool | None,
-    endpoint: str | None,
-    revision: str | None,
-    create_pr: bool,
-    complete_from_repo: bool,
-) -> PublishResult:
-    """``create_repo`` and the one commit of ``publish``."""
-    from huggingface_hub import CommitOperationAdd, HfApi
-
-    api = HfApi(endpoint=endpoint, token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    if complete_from_repo and rendered.kind == "base":
-        with tempfile.TemporaryDirectory(prefix="embodyhub-card-") as context:
-            if _fetch_card_context(api, repo_id, files, Path(context), revision):
-                rendered = render_card(folder, repo_id, context=context, **card_kwargs)
-    operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in files.items()]
-    operations += [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in rendered.extra_files.items() if p not in files]
-    operations.append(CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=rendered.text.encode("utf-8")))
-    info = api.create_commit(
-        repo_id,
-        operations,
-        commit_message=commit_message or f"Upload {rendered.kind} with embodyhub",
-        commit_description=commit_description,
-        revision=revision,
-        create_pr=create_pr,
-    )
-    result = _result(repo_id, rendered, files, skipped)
-    result.commit_oid, result.commit_url = info.oid, info.commit_url
-    return result
-
-
 def _result(repo_id: str, rendered: RenderedCard, files: dict[str, Path], notes: list[str], dry_run: bool = False) -> PublishResult:
-    from ..export.thor import sha256
+    from huggingface_hub.utils.sha import sha_fileobj  # the hash the Hub's LFS upload computes
 
     uploads = {**{p: f for p, f in rendered.extra_files.items() if p not in files}, **files}
     listed = [(p, f.stat().st_size) for p, f in uploads.items()]
     card = rendered.text.encode("utf-8")
     listed.append((CARD_FILE, len(card)))
-    digests = {p: sha256(f) for p, f in uploads.items()} | {CARD_FILE: hashlib.sha256(card).hexdigest()}
+    digests = {CARD_FILE: hashlib.sha256(card).hexdigest()}
+    for p, f in uploads.items():
+        with open(f, "rb") as fh:
+            digests[p] = sha_fileobj(fh).hex()
     return PublishResult(repo_id, rendered.kind, sorted(listed), rendered.text, digests, dry_run=dry_run, notes=notes)
 
 
