@@ -300,7 +300,8 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
     tasks = [t.strip() for t in args.env.split(",")]
     out = collect(tasks, args.robot, args.episodes, args.out, workers=args.workers, gripper=args.gripper,
-                  camera=args.camera, image_size=args.image_size, visual_meshes=args.visual_meshes, first_seed=args.first_seed)
+                  camera=args.camera, image_size=args.image_size, visual_meshes=args.visual_meshes, first_seed=args.first_seed,
+                  start_spread=args.start_spread)
     print(f"dataset: {out}")
     return 0
 
@@ -643,6 +644,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --camera: render the full visual meshes (about 6x slower than the default collision geoms)")
     p.add_argument("--workers", type=int, default=1, help="simulator worker processes")
     p.add_argument("--first-seed", type=int, default=0, help="try episode seeds from this one on (another range: disjoint episodes)")
+    p.add_argument("--start-spread", type=float, default=0.0, metavar="M",
+                   help="start each demo from a seeded pose up to M metres around the arm's home (default: the home)")
     p.add_argument("--out", required=True, help="dataset folder (resumes an interrupted run of the same robot and camera)")
     p.set_defaults(func=_cmd_collect)
 

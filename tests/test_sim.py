@@ -265,6 +265,27 @@ def test_collection_from_another_seed_range_gives_other_episodes_and_keeps_to_it
         collect(["lift"], "panda", 1, tmp_path / "held", progress=False)
 
 
+def test_start_spread_moves_the_start_pose_within_its_box_per_seed_and_collect_records_it(tmp_path) -> None:
+    from embodyhub.envs.sim import SimEnv, collect
+    from embodyhub.envs.sim.env import START_BOX
+
+    home, spread = SimEnv("lift", "panda"), SimEnv("lift", "panda", start_spread=0.1)
+    starts = []
+    for seed in (3, 4):
+        obs = home.reset(seed)
+        moved = spread.reset(seed)
+        offset = spread.ee_pose()[:3, 3] - home.ee_pose()[:3, 3]
+        assert np.all(offset >= START_BOX[0] * 0.1 - 0.01) and np.all(offset <= START_BOX[1] * 0.1 + 0.01)
+        assert np.allclose(spread.ee_pose()[:3, :3], home.ee_pose()[:3, :3], atol=0.05)  # same orientation
+        assert np.array_equal(moved["observation.environment_state"], obs["observation.environment_state"])  # same scene
+        starts.append(moved["observation.state"])
+    assert not np.allclose(starts[0], starts[1]) and np.array_equal(spread.reset(3)["observation.state"], starts[0])
+    out = collect(["lift"], "panda", 1, tmp_path / "spread", progress=False, start_spread=0.1)
+    assert json.loads((out / "meta" / "info.json").read_text())["embodyhub"]["collection"]["start_spread"] == 0.1
+    with pytest.raises(DatasetError, match="start_spread=0.1; this run asks for start_spread=0.0"):
+        collect(["lift"], "panda", 1, tmp_path / "spread", progress=False)
+
+
 def test_cli_errors_name_the_valid_envs_and_robots(capsys) -> None:
     from embodyhub.cli import main
 
@@ -384,6 +405,7 @@ def test_chunk_samples_of_a_collected_dataset_feed_keypoints_task_and_flow(lift_
 
     model, processor, _ = tiny_sim_model
     assert processor.max_keypoints == 8 and model.config.task_vocab_size == processor.task_vocab_size
+    assert processor.keypoints_per_object == model.config.keypoints_per_object == 4
     samples = chunk_samples(lift_demos, 4)
     ep = lift_demos.episode(0)
     T = len(ep["action"])

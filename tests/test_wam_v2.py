@@ -113,6 +113,41 @@ def test_keypoint_order_does_not_change_the_prediction(v2):
     assert torch.allclose(world_a[:, :, K:], world_b[:, :, K:], atol=1e-6)
 
 
+def test_objects_keep_their_shape_and_stay_a_set(tmp_path):
+    """With 4 points per object every point reads its object's shape (a 2 cm and a 2.5 cm cube differ), the
+    objects stay an unordered set, and the setting round-trips with the processor."""
+    from transformers import AutoProcessor
+
+    torch.manual_seed(0)
+    processor = WamProcessor(chunk_length=H, max_keypoints=K, keypoints_per_object=4)
+    processor.add_embodiment(load_robot("panda"))
+    model = WamForActionPrediction(WamConfig(chunk_length=H, max_keypoints=K, keypoints_per_object=4, **TINY)).eval()
+
+    def cube(centre, half):
+        return [centre] + [[c + half * (i == k) for i, c in enumerate(centre)] for k in range(3)]
+
+    small, large = cube([0.5, 0.1, -0.08], 0.02), cube([0.5, -0.1, -0.08], 0.025)
+    q = load_robot("panda").sample(1, torch.Generator().manual_seed(0))
+    a = processor({"state": q, "environment_state": torch.tensor([small + large])}, "panda")
+    b = processor({"state": q, "environment_state": torch.tensor([large + small])}, "panda")
+    width = 3 * (1 + processor.max_arms + 3)
+    assert a["keypoints"].shape == (1, K, width)
+    shape = a["keypoints"][0, :, -9:]
+    assert torch.allclose(shape[:4], torch.eye(3).flatten().expand(4, -1) * 2, atol=1e-5)  # 2 cm on each axis
+    assert torch.allclose(shape[4:], torch.eye(3).flatten().expand(4, -1) * 2.5, atol=1e-5)
+    reference = first_logits(model, a)
+    order = (first_logits(model, b) - reference).abs().max()
+    swapped = processor({"state": q, "environment_state": torch.tensor([cube(small[0], 0.025) + cube(large[0], 0.02)])}, "panda")
+    sizes = (first_logits(model, swapped) - reference).abs().max()
+    assert order < 1e-6 and sizes > 100 * order  # object order changes nothing; swapping the sizes does
+    with pytest.raises(InvalidActionError, match="4 per object"):
+        processor({"state": q, "environment_state": torch.zeros(1, 6 * 3)}, "panda")
+    with pytest.raises(ConfigError, match="keypoints_per_object"):
+        WamConfig(max_keypoints=K, keypoints_per_object=3)
+    processor.save_pretrained(tmp_path)
+    assert AutoProcessor.from_pretrained(tmp_path).keypoints_per_object == 4
+
+
 def test_absent_inputs_are_masked_not_read(v2):
     model, processor = v2
     batch = processor({**observation(points=3), "task": "lift the cube"}, "panda")

@@ -32,7 +32,8 @@ class PretrainRecipe(Recipe):
 
     ``source: synthetic`` generates kinematic reach demos (``episodes_per_robot``, ``steps_per_episode``,
     ``goal_distance``, ``reach_profile``); ``source: sim`` collects robosuite expert demos of ``tasks`` on
-    simulator arms (``episodes_per_task`` each, collection seeds from 0, ``workers`` processes)."""
+    simulator arms (``episodes_per_task`` each, collection seeds from 0, ``workers`` processes, each demo
+    starting ``start_spread`` metres around the arm's home pose)."""
 
     robots: list[str]
     held_out: list[str] = field(default_factory=list)
@@ -40,6 +41,7 @@ class PretrainRecipe(Recipe):
     episodes_per_robot: int = 200
     episodes_per_task: int = 50
     workers: int = 1
+    start_spread: float = 0.0
     tasks: list[str] = field(default_factory=lambda: ["reach"])
     steps_per_episode: int = 30
     goal_distance: float | None = 0.3
@@ -116,10 +118,11 @@ def build(recipe: PretrainRecipe) -> tuple[WamForActionPrediction, WamProcessor]
     torch.manual_seed(recipe.seed)
     options = dict(recipe.processor)
     if recipe.source == "sim":
-        from ..envs.sim import keypoint_count, sim_embodiment, sim_task
+        from ..envs.sim import POINTS_PER_OBJECT, keypoint_count, sim_embodiment, sim_task
 
         embodiments = [sim_embodiment(name) for name in recipe.robots]
         options.setdefault("max_keypoints", max(keypoint_count(t) for t in recipe.tasks))
+        options.setdefault("keypoints_per_object", POINTS_PER_OBJECT)
         options.setdefault("task_vocab", WamProcessor.task_words([sim_task(t).description for t in recipe.tasks]))
     else:
         embodiments = [load_robot(name) for name in recipe.robots]
@@ -132,6 +135,7 @@ def build(recipe: PretrainRecipe) -> tuple[WamForActionPrediction, WamProcessor]
         chunk_length=processor.chunk_length,
         max_arms=processor.max_arms,
         max_keypoints=processor.max_keypoints,
+        keypoints_per_object=processor.keypoints_per_object,
         task_vocab_size=processor.task_vocab_size,
         max_task_tokens=processor.max_task_tokens,
         embodiments={e.name: e.urdf_sha256 for e in embodiments},
@@ -254,8 +258,14 @@ def _collect_sim(
         name = robot if isinstance(robot, str) else robot.name
         for task in recipe.tasks:
             folder = Path(data_dir) / f"{name}-{task}"
-            done = (folder / "meta" / "info.json").is_file() and load_dataset(folder).num_episodes >= episodes
+            done = False
+            if (folder / "meta" / "info.json").is_file():
+                have = load_dataset(folder)
+                recorded = (have.info.get("embodyhub") or {}).get("collection") or {}
+                # another spread is not skipped: collect refuses the folder with a clear error
+                done = have.num_episodes >= episodes and recorded.get("start_spread", 0.0) == recipe.start_spread
             if not done:
-                collect([task], name, episodes, folder, workers=recipe.workers, progress=progress)
+                collect([task], name, episodes, folder, workers=recipe.workers, progress=progress,
+                        start_spread=recipe.start_spread)
             datasets[f"{name}-{task}"] = load_dataset(folder)
     return datasets

@@ -5,7 +5,7 @@ robosuite==1.5.2``: robosuite's ``mink`` pin would pull numpy below 2).
 """
 
 from ._robosuite import SimulatorError, import_robosuite
-from .env import TASKS, SimEnv, keypoint_count, run_episode, sim_task
+from .env import POINTS_PER_OBJECT, TASKS, SimEnv, keypoint_count, run_episode, sim_task
 from .experts import Expert, Gains, run_expert_episode
 from .policy import ModelPolicy, WamSimPolicy
 from .robots import SIM_ROBOTS, sim_embodiment, sim_robot
@@ -16,6 +16,7 @@ __all__ = [
     "Expert",
     "Gains",
     "ModelPolicy",
+    "POINTS_PER_OBJECT",
     "SIM_ROBOTS",
     "SimEnv",
     "SimulatorError",

@@ -10,7 +10,9 @@ OSC_POSE delta action (1.0 = 5 cm, 1.0 = 0.5 rad, base frame).
 Observations are LeRobot-shaped: ``observation.state`` is the native joint vector (arm joints +
 gripper joint), ``observation.environment_state`` the task's object keypoints (per object its
 centre and one point on each of its axes at its half extent) in the arm's base frame, and optionally
-``observation.images.<camera>``. Episode ``seed`` fixes the object placement.
+``observation.images.<camera>``. Episode ``seed`` fixes the object placement (and, with a
+``start_spread``, the arm's start pose); the objects' sizes, which robosuite draws once when it builds the
+scene (Lift's cube: 2.0-2.2 cm half extent), come from a fixed construction seed, the same in every process.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from .robots import BASE_BODY, CONTROL_HZ, EE_SITE, sim_embodiment, sim_robot
 Control = Literal["joint", "osc"]
 TARGET_EXTENT = 0.05  # metres from a placement target's centre (a place, not a body) to each of its axis points
 OSC_POS_SCALE, OSC_ROT_SCALE = 0.05, 0.5  # robosuite OSC_POSE: action 1.0 = 5 cm, 1.0 = 0.5 rad
+# a start_spread s moves the start grip site by up to +-s in x and y and from -s/2 to +2s in z: arms' home poses
+# differ most in height (the grip site 0.07-0.32 m above the base across the six arms)
+POINTS_PER_OBJECT = 4  # keypoints per object: its centre, then one point on each of its axes
+START_BOX = np.array([[-1.0, -1.0, -0.5], [1.0, 1.0, 2.0]])
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,8 @@ def sim_task(name: str) -> Task:
 
 
 def keypoint_count(task: str) -> int:
-    """Number of 3D keypoints task ``task`` observes (4 per object)."""
-    return 4 * len(sim_task(task).objects)
+    """Number of 3D keypoints task ``task`` observes (``POINTS_PER_OBJECT`` per object)."""
+    return POINTS_PER_OBJECT * len(sim_task(task).objects)
 
 
 def _controller_config(robosuite_name: str, control: Control) -> dict[str, Any]:
@@ -92,6 +98,7 @@ class SimEnv:
         image_size: int = 84,
         visual_meshes: bool = False,
         horizon: int | None = None,
+        start_spread: float = 0.0,
     ) -> None:
         self.task_name = task.lower()
         self.task = sim_task(task)
@@ -102,6 +109,9 @@ class SimEnv:
         self.control = control
         self.camera = camera
         self.horizon = horizon or self.task.horizon
+        if start_spread < 0:
+            raise SimulatorError(f"start_spread must be >= 0 metres, got {start_spread}")
+        self.start_spread = start_spread
         robosuite = import_robosuite()
         kwargs: dict[str, Any] = {}
         if camera is not None:
@@ -116,7 +126,7 @@ class SimEnv:
                 self.task.robosuite_env, robots=spec.robosuite_name, gripper_types=gripper or spec.gripper,
                 controller_configs=_controller_config(spec.robosuite_name, control), has_renderer=False,
                 control_freq=int(CONTROL_HZ), horizon=10**6, hard_reset=False, ignore_done=True,
-                reward_shaping=False, **kwargs,
+                reward_shaping=False, seed=0, **kwargs,
             )
         except RuntimeError as exc:  # no GL backend for the offscreen renderer
             raise SimulatorError(f"cannot render camera '{camera}' headless ({exc}); set MUJOCO_GL=egl or osmesa, or drop --camera") from None
@@ -142,10 +152,24 @@ class SimEnv:
 
     # ------------------------------------------------------------------ episode
     def reset(self, seed: int) -> dict[str, np.ndarray]:
-        """Start an episode whose object placement is fixed by ``seed``; returns the observation."""
+        """Start an episode whose object placement is fixed by ``seed``; returns the observation. With a
+        ``start_spread`` the arm then starts from its home grip-site pose moved by a seeded offset in
+        ``START_BOX * start_spread`` (same orientation, IK from home): demonstrations that start from varied
+        poses, for a policy that must start from another arm's home."""
         self.env.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
         self._obs = self.env.reset()
         self.steps = 0
+        if self.start_spread > 0:
+            offset = np.random.default_rng([seed, 1]).uniform(*START_BOX * self.start_spread)
+            T = self.ee_pose()
+            T[:3, 3] += offset
+            q = self.to_native(self.canonical_command(T, self._opened(self.joint_state())))
+            for addr, value in zip(self._qpos, q[:-1]):
+                self.sim.data.qpos[addr] = value
+            for joint in self.embodiment.chains[0].joint_names:
+                self.sim.data.qvel[self.sim.model.get_joint_qvel_addr(joint)] = 0.0
+            self.sim.forward()
+            self._obs = self.env._get_observations(force_update=True)
         return self.observation()
 
     def _base_pose(self) -> tuple[np.ndarray, np.ndarray]:

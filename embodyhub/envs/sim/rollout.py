@@ -35,14 +35,15 @@ _worker_envs: dict[tuple, Any] = {}
 
 
 def _env(task: str, robot: str, gripper: str | None, camera: str | None, image_size: int, visual_meshes: bool,
-         control: str) -> Any:
+         control: str, start_spread: float = 0.0) -> Any:
     """This process's ``SimEnv`` for the arguments (made once per process and reused)."""
     from .env import SimEnv
 
-    key = (task, robot, gripper, camera, image_size, visual_meshes, control)
+    key = (task, robot, gripper, camera, image_size, visual_meshes, control, start_spread)
     if key not in _worker_envs:
         _worker_envs[key] = SimEnv(task, robot, gripper=gripper, camera=camera, image_size=image_size,
-                                   visual_meshes=visual_meshes, control=control)  # type: ignore[arg-type]
+                                   visual_meshes=visual_meshes, control=control,  # type: ignore[arg-type]
+                                   start_spread=start_spread)
     return _worker_envs[key]
 
 
@@ -103,10 +104,12 @@ def _check_staging(out: Path, config: dict[str, Any]) -> Path:
     elif info.is_file():
         recorded = (json.loads(info.read_text()).get("embodyhub") or {}).get("collection")
     # one robot and one camera setting per folder; a key missing from an older record means its default
-    defaults = {"robot": None, "gripper": None, "camera": None, "image_size": None, "visual_meshes": False, "first_seed": 0}
+    defaults = {"robot": None, "gripper": None, "camera": None, "image_size": None, "visual_meshes": False, "first_seed": 0,
+                "start_spread": 0.0}
     for key, default in defaults.items():
         if recorded is not None and recorded.get(key, default) != config[key]:
-            what = {"robot": "one robot", "gripper": "one robot", "first_seed": "one seed range"}.get(key, "one camera setting")
+            what = {"robot": "one robot", "gripper": "one robot", "first_seed": "one seed range",
+                    "start_spread": "one start spread"}.get(key, "one camera setting")
             raise DatasetError(
                 f"{out} holds a dataset of {key}={recorded.get(key)!r}; this run asks for {key}={config[key]!r}: "
                 f"{what} per dataset, pick another --out"
@@ -128,13 +131,15 @@ def collect(
     visual_meshes: bool = False,
     progress: bool = True,
     first_seed: int = 0,
+    start_spread: float = 0.0,
 ) -> Path:
     """Collect ``episodes`` successful expert demos per task on ``robot`` as a LeRobot v3.0 dataset at ``out``
     (proprioception, keypoints, actions, task strings), trying seeds from ``first_seed`` on (another range
     gives episodes disjoint from a first dataset's, e.g. held-out data). With ``camera`` (a robosuite camera
     such as ``"agentview"``) each frame also records ``observation.images.<camera>``, ``image_size`` pixels
     square, rendering collision geoms only unless ``visual_meshes`` (about 6x slower); stored as PNG image
-    features."""
+    features. A ``start_spread`` (metres, ``SimEnv``) starts each demo from a seeded pose around the arm's home
+    instead of the home itself."""
     from ...data.lerobot import EMBODIMENT_DIR, write_dataset
     from .env import sim_task
     from .robots import sim_embodiment
@@ -150,7 +155,8 @@ def collect(
     out = Path(out)
     config = {"robot": emb.name, "gripper": gripper, "camera": camera, "image_size": image_size if camera else None,
               "visual_meshes": bool(camera and visual_meshes),
-              "tasks": sorted(t.lower() for t in tasks), "episodes_per_task": episodes, "first_seed": first_seed}
+              "tasks": sorted(t.lower() for t in tasks), "episodes_per_task": episodes, "first_seed": first_seed,
+              "start_spread": float(start_spread)}
     staging = _check_staging(out, config)
     done: dict[str, list[Path]] = {}
     for task in tasks:
@@ -169,7 +175,8 @@ def collect(
                 seed += 1
             if not seeds:
                 raise DatasetError(f"{task}/{emb.name}: the expert succeeded in only {len(kept)} of {limit} attempts")
-            jobs = [(task, robot, gripper, camera, image_size, visual_meshes, "joint", s, None, None) for s in seeds]
+            jobs = [(task, robot, gripper, camera, image_size, visual_meshes, "joint", start_spread, s, None, None)
+                    for s in seeds]
             for s, result in _run(jobs, min(workers, len(jobs))):
                 tried.add(s)
                 if not result["success"]:

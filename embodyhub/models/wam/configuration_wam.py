@@ -32,6 +32,9 @@ class WamConfig(PreTrainedConfig):
         image_size, patch_size, num_channels: optional image patches (``image_size=0`` disables).
         max_keypoints: object keypoint tokens (3D points, an unordered set; ``0`` disables them and the
             keypoint-flow world head).
+        keypoints_per_object: consecutive keypoints that belong to one object (its centre first); each
+            point's token then also reads its object's shape (the other points from the centre), which
+            tells objects apart (e.g. two cubes of different size) while the objects stay an unordered set.
         task_vocab_size, max_task_tokens: word vocabulary of the processor's task tokenizer (``0``
             disables task tokens) and the longest task string in words.
         world_loss_weight: weight of the world-head loss.
@@ -61,6 +64,7 @@ class WamConfig(PreTrainedConfig):
         patch_size: int = 16,
         num_channels: int = 3,
         max_keypoints: int = 0,
+        keypoints_per_object: int = 1,
         task_vocab_size: int = 0,
         max_task_tokens: int = 16,
         world_loss_weight: float = 1.0,
@@ -78,6 +82,10 @@ class WamConfig(PreTrainedConfig):
         bad = [f"{k}={v!r}" for k, v in optional.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0]
         if bad:
             raise ConfigError(f"WamConfig counts must be non-negative integers, got {', '.join(bad)}")
+        if isinstance(keypoints_per_object, bool) or not isinstance(keypoints_per_object, int) or keypoints_per_object < 1 \
+                or max_keypoints % keypoints_per_object:
+            raise ConfigError(f"keypoints_per_object must be a positive integer dividing max_keypoints={max_keypoints}, "
+                              f"got {keypoints_per_object!r}")
         if hidden_size % num_attention_heads:
             raise ConfigError(f"hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}")
         if kwargs.get("model_type", self.model_type) != self.model_type:
@@ -101,6 +109,7 @@ class WamConfig(PreTrainedConfig):
         self.patch_size = patch_size
         self.num_channels = num_channels
         self.max_keypoints = max_keypoints
+        self.keypoints_per_object = keypoints_per_object
         self.task_vocab_size = task_vocab_size
         self.max_task_tokens = max_task_tokens
         self.world_loss_weight = world_loss_weight

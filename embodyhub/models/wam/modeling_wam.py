@@ -5,7 +5,8 @@ patches][BOS + action tokens]``, causal attention, so a single ``DynamicCache`` 
 and decoding adds one action token per step. Absent observation parts (padding keypoints and task
 words, a missing goal) are masked out of attention, not merely zeroed. The keypoints are a set: one
 shared point MLP embeds each, all of them share one rotary position and see each other (a
-bidirectional block inside the causal prefix), so their order changes nothing. Each action position
+bidirectional block inside the causal prefix), so their order changes nothing; with several points per
+object each point also reads its object's shape, so objects keep an identity. Each action position
 is told which canonical dimension and chunk step it predicts (dimension and step embeddings), so
 robots with different slot masks share one vocabulary.
 """
@@ -34,9 +35,10 @@ FLOW_SCALE = 10.0  # the keypoint-flow head works in decimetres: O(1) outputs fo
 LABEL_SIGMA = 1.5  # bins: width of the Gaussian soft labels (near misses earn partial credit)
 
 
-def keypoint_features(max_arms: int) -> int:
-    """Width of one keypoint token's input: its position, then its offset from each arm's end effector."""
-    return 3 + 3 * max_arms
+def keypoint_features(config: WamConfig) -> int:
+    """Width of one keypoint token's input: its position, its offset from each arm's end effector, then its
+    object's other points from the object's centre (``keypoints_per_object > 1``)."""
+    return 3 * (1 + config.max_arms + config.keypoints_per_object - 1)
 
 
 @dataclass
@@ -219,7 +221,7 @@ class WamModel(WamPreTrainedModel):
         )
         # one MLP shared by every keypoint (no per-index embedding: the keypoints are a set)
         self.keypoint_proj = (
-            nn.Sequential(nn.Linear(keypoint_features(config.max_arms), h), nn.SiLU(), nn.Linear(h, h))
+            nn.Sequential(nn.Linear(keypoint_features(config), h), nn.SiLU(), nn.Linear(h, h))
             if config.max_keypoints > 0 else None
         )
         self.task_embed = nn.Embedding(config.task_vocab_size, h) if config.task_vocab_size > 0 else None
@@ -268,10 +270,10 @@ class WamModel(WamPreTrainedModel):
         parts = [joints, states]
         if self.keypoint_proj is not None:
             if keypoints is None:
-                keypoints = states.new_zeros(B, cfg.max_keypoints, keypoint_features(cfg.max_arms))
-            elif keypoints.shape[1:] != (cfg.max_keypoints, keypoint_features(cfg.max_arms)):
+                keypoints = states.new_zeros(B, cfg.max_keypoints, keypoint_features(cfg))
+            elif keypoints.shape[1:] != (cfg.max_keypoints, keypoint_features(cfg)):
                 raise InvalidActionError(
-                    f"keypoints must be [B, {cfg.max_keypoints}, {keypoint_features(cfg.max_arms)}] (use WamProcessor), "
+                    f"keypoints must be [B, {cfg.max_keypoints}, {keypoint_features(cfg)}] (use WamProcessor), "
                     f"got {tuple(keypoints.shape)}"
                 )
             parts.append(self.keypoint_proj(keypoints.to(dtype)))
@@ -452,7 +454,7 @@ class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
         self.world_head = nn.Sequential(nn.Linear(h, h), nn.SiLU(), nn.Linear(h, 3 if flow else 3 * config.max_arms))
         # keypoint flow: a step's pooled hidden state plus one query per point (from its input features, so the
         # flow follows the keypoints' order) or per end effector
-        self.flow_query = nn.Linear(keypoint_features(config.max_arms), h) if flow else None
+        self.flow_query = nn.Linear(keypoint_features(config), h) if flow else None
         self.flow_arm = nn.Embedding(config.max_arms, h) if flow else None
         self.post_init()
 
@@ -527,7 +529,7 @@ class WamForActionPrediction(WamPreTrainedModel, GenerationMixin):
             return self.world_head(pooled)
         B, cfg = hidden.shape[0], self.config
         if keypoints is None:
-            keypoints = hidden.new_zeros(B, cfg.max_keypoints, keypoint_features(cfg.max_arms))
+            keypoints = hidden.new_zeros(B, cfg.max_keypoints, keypoint_features(cfg))
         queries = torch.cat([self.flow_query(keypoints.to(hidden.dtype)), self.flow_arm.weight.expand(B, -1, -1)], 1)
         return self.world_head(pooled[:, :, None] + queries[:, None]) / FLOW_SCALE
 

@@ -30,6 +30,7 @@ from .modeling_wam import GOAL_PER_ARM
 
 EMBODIMENTS_DIR = "embodiments"
 _RELATIVE_GOAL_SCALE = 10.0  # goal-minus-end-effector offsets (decimetres, 6D entries x10): O(1) inputs
+_SHAPE_SCALE = 100.0  # an object's points from its centre (centimetres): sizes that differ by millimetres stay apart
 TASK_PAD, TASK_UNK = 0, 1  # task token ids; the vocabulary's words follow
 _TASK_WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")  # lowercase words and numbers; each punctuation mark alone
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
@@ -53,6 +54,7 @@ class WamProcessor(ProcessorMixin):
         relative_position_range: float | None = 0.25,
         relative_rotation_range: float | None = 0.5,
         max_keypoints: int = 0,
+        keypoints_per_object: int = 1,
         task_vocab: Sequence[str] = (),
         max_task_tokens: int = 16,
     ) -> None:
@@ -69,7 +71,11 @@ class WamProcessor(ProcessorMixin):
         self.max_arms, self.max_arm_joints, self.max_joints = max_arms, max_arm_joints, max_joints
         self.ik_restarts = ik_restarts
         self.embodiment_names = list(embodiment_names)
+        if keypoints_per_object < 1 or max_keypoints % keypoints_per_object:
+            raise InvalidActionError(f"keypoints_per_object must be a positive integer dividing max_keypoints={max_keypoints}, "
+                                     f"got {keypoints_per_object}")
         self.max_keypoints = max_keypoints
+        self.keypoints_per_object = keypoints_per_object
         self.task_vocab = list(task_vocab)
         self.max_task_tokens = max_task_tokens
         self._task_ids = {w: i + 2 for i, w in enumerate(self.task_vocab)}
@@ -243,18 +249,24 @@ class WamProcessor(ProcessorMixin):
             shape = f"[{B}, {steps}, K*3]" if steps is not None else f"[{B}, K*3] or [{B}, K, 3]"
             raise InvalidActionError(f"{what} has shape {tuple(v.shape)}; expected {shape} with K <= {self.max_keypoints}")
         K = v.shape[-2]
+        if K % self.keypoints_per_object:
+            raise InvalidActionError(f"{what} holds {K} keypoints; this processor reads {self.keypoints_per_object} per object")
         points[..., :K, :] = v
         mask[:, :K] = True
         return points, mask
 
     def _keypoint_features(self, points: Tensor, emb: Embodiment, state: Tensor) -> Tensor:
-        """Per keypoint its position, then its offset from each arm's end effector (scaled like the goal's;
-        zero for arms the robot lacks): ``[B, max_keypoints, 3 + 3 * max_arms]`` (``keypoint_features``)."""
-        B = points.shape[0]
+        """Per keypoint its position, its offset from each arm's end effector (scaled like the goal's; zero for
+        arms the robot lacks), then its object's other points from the object's centre (in centimetres; with
+        ``keypoints_per_object > 1``): ``[B, max_keypoints, 3 * (max_arms + keypoints_per_object)]``
+        (``keypoint_features``)."""
+        B, n = points.shape[0], self.keypoints_per_object
         rel = torch.zeros(B, self.max_keypoints, self.max_arms, 3, dtype=torch.float64)
         for i in range(len(emb.arms)):
             rel[:, :, i] = (points - state[:, None, self.space[f"arm{i}.ee_pos"]]) * _RELATIVE_GOAL_SCALE
-        return _float32_range(torch.cat([points, rel.flatten(2)], -1), "the keypoint features").float()
+        objects = points.reshape(B, -1, n, 3)
+        shape = ((objects[:, :, 1:] - objects[:, :, :1]) * _SHAPE_SCALE).flatten(2).repeat_interleave(n, 1)
+        return _float32_range(torch.cat([points, rel.flatten(2), shape], -1), "the keypoint features").float()
 
     def _flow_targets(
         self, observation: Mapping[str, Any], emb: Embodiment, state: Tensor, commanded: Tensor,
