@@ -443,6 +443,11 @@ def test_a_wam_drives_the_simulator_from_keypoints_and_the_task(tiny_sim_model, 
     (row,) = json.loads((out / "eval.json").read_text())
     assert row["policy"] == str(folder) and row["seeds"] == [EVAL_SEED, EVAL_SEED]
     assert row["mean_steps"] == 150 and row["success_rate"] == 0.0  # an untrained model does not lift the cube
+    # the same commands through robosuite's OSC (end-effector targets) instead of joint targets
+    assert main(["eval", "--env", "lift", "--robot", "panda", "--model", str(folder), "--episodes", "1", "--control", "osc",
+                 "--out", str(out / "osc")]) == 0
+    (osc,) = json.loads((out / "osc" / "eval.json").read_text())
+    assert osc["control"] == "osc" and osc["mean_steps"] == 150
 
 
 def test_triton_loads_after_a_camera_env_has_rendered() -> None:

@@ -55,6 +55,8 @@ def _init_worker() -> None:
 
 def _episode_job(args: tuple) -> tuple[int, dict[str, Any]]:
     """One episode of the scripted expert (``policy`` None) or of a ``ModelPolicy`` (loaded in this process)."""
+    import torch
+
     from .env import run_episode
     from .experts import run_expert_episode
 
@@ -68,6 +70,8 @@ def _episode_job(args: tuple) -> tuple[int, dict[str, Any]]:
 
         def controller(env: Any) -> Any:
             wam.reset()
+            if env.control == "osc":  # the same commands as end-effector targets (FK of the decoded joints)
+                return lambda obs: env.step_canonical(env.adapter.to_canonical(torch.as_tensor(wam(obs)))[0])
             return lambda obs: (env.step(q := wam(obs)), q)
 
         out = run_episode(env, seed, controller)
@@ -230,12 +234,11 @@ def evaluate_policy(
     camera: str = "sideview",
     policy: ModelPolicy | None = None,
 ) -> dict[str, Any]:
-    """Closed-loop success of the scripted expert (``policy`` None) or of a saved WAM (``ModelPolicy``, joint
-    control; each worker process loads it) on evaluation seeds ``seed .. seed + episodes - 1``; the first
+    """Closed-loop success of the scripted expert (``policy`` None) or of a saved WAM (``ModelPolicy``; each
+    worker process loads it) on evaluation seeds ``seed .. seed + episodes - 1``; with ``control="osc"`` the
+    WAM's decoded commands go to robosuite's OSC as end-effector targets instead of joint targets. The first
     ``videos`` episodes are also rendered from ``camera`` (full visual meshes) as GIFs in ``video_dir``.
     Rendering does not touch the physics, so recorded episodes score as unrecorded ones."""
-    if policy is not None and control != "joint":
-        raise DatasetError("a WAM policy commands native joint targets: evaluate it with control='joint'")
     name = "expert" if policy is None else "wam"
     jobs: list[tuple] = [(task.lower(), robot, gripper, None, 84, False, control, seed + i, None, policy) for i in range(episodes)]
     if videos:
