@@ -254,13 +254,17 @@ def _cmd_sim_eval(args: argparse.Namespace) -> int:
     """``eval --env``: closed-loop success on the manipulation benchmark (robosuite)."""
     from pathlib import Path
 
-    from .envs.sim import EVAL_SEED_BASE, ModelPolicy, evaluate_policy, sim_robot, sim_task
+    from .envs.sim import EVAL_SEED_BASE, BundlePolicy, ModelPolicy, evaluate_policy, sim_robot, sim_task
 
-    policy = args.policy or ("wam" if args.model or args.adapter else "expert")
-    model = None
-    if policy == "wam":
+    policy = args.policy or ("wam" if args.model or args.adapter or args.bundle else "expert")
+    model: ModelPolicy | BundlePolicy | None = None
+    if args.bundle and (args.model or args.adapter or policy == "expert"):
+        raise EmbodyHubError("--bundle is the policy: give it without --model, --adapter or --policy expert")
+    if policy == "wam" and args.bundle:
+        model = BundlePolicy(_bundle_dir(args.bundle, args.robot or []))
+    elif policy == "wam":
         if not args.model:
-            raise EmbodyHubError("eval --env with a WAM needs --model: a model trained on the simulator "
+            raise EmbodyHubError("eval --env with a WAM needs --model (or --bundle): a model trained on the simulator "
                                  "(`embodyhub train --recipe pretrain_sim`), not the goal-based tiny base")
         model = ModelPolicy(_model_dir(args.model), _model_dir(args.adapter, "adapter") if args.adapter else None)
     elif args.adapter:
@@ -279,6 +283,20 @@ def _cmd_sim_eval(args: argparse.Namespace) -> int:
             for robot in args.robot for task in tasks]
     _report_sim_eval(rows, out, f"{policy} success ({args.control} control, {args.episodes} episodes each)")
     return 0
+
+
+def _bundle_dir(value: str, robots: Sequence[str]) -> str:
+    """``eval --bundle``: an export bundle folder, verified against its manifest, with a graph for each of ``robots``
+    (checked here, before any worker process starts)."""
+    from .export.thor import verify_bundle
+
+    manifest = verify_bundle(value)
+    have = [e["robot"] for e in manifest["embodiments"]]
+    missing = [r for r in robots if r.lower() not in have]
+    if missing:
+        raise EmbodyHubError(f"the bundle {value} has no policy graph for {', '.join(missing)} (it has {', '.join(have)}): "
+                             f"export one with `embodyhub export --model DIR --robot {missing[0]}`")
+    return value
 
 
 def _report_sim_eval(rows: list[dict[str, Any]], out: Path, title: str) -> None:
@@ -461,6 +479,18 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_robot(processor: Any, name: str) -> Any:
+    """``export --robot`` for a robot the model's processor has no card for: a simulator arm when the model's
+    robots are (cards read from robosuite's MJCF), else a bundled robot or an embodiment folder."""
+    from .embodiment import Embodiment
+
+    if any(emb.mjcf for emb in processor.embodiments.values()):
+        from .envs.sim import sim_embodiment
+
+        return sim_embodiment(name)
+    return Embodiment.from_pretrained(name)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     base = _model_dir(args.model)  # the arguments first: a wrong path fails before the heavy imports
     adapter = _model_dir(args.adapter, "adapter") if args.adapter else None
@@ -470,6 +500,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     recipe = ExportRecipe.from_yaml(recipe_file, precision=args.precision)
     model, processor, robot = load_model(base, adapter)
     robots = args.robot or ([robot.name] if robot is not None else None)
+    for name in args.robot or []:
+        if name not in processor.embodiments:
+            processor.add_embodiment(_export_robot(processor, name))
     source = {"model": base, "adapter": str(args.adapter) if args.adapter else None}
     manifest = build_bundle(
         model, processor, args.out, recipe.quant_config(), robots, recipe.batch_size, recipe.check_trials,
@@ -626,6 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", choices=["expert", "wam"],
                    help="with --env: the scripted expert or the --model WAM (default: wam when --model is given, else expert)")
     p.add_argument("--adapter", help="with --env and --model: a LoRA adapter folder to load onto the model")
+    p.add_argument("--bundle", help="with --env: an export bundle folder (`embodyhub export`) run on onnxruntime instead of --model")
     p.add_argument("--control", default="joint", choices=["joint", "osc"],
                    help="with --env: joint targets through embodyhub's IK, or robosuite's OSC")
     p.add_argument("--workers", type=int, default=1, help="with --env: simulator worker processes")
@@ -673,7 +707,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", help="LoRA adapter folder to merge before quantizing")
     p.add_argument("--target", default="thor", choices=["thor"], help="deployment target")
     p.add_argument("--precision", choices=["int8", "int4", "fp8", "float32", "float16"], help="override the recipe's precision")
-    p.add_argument("--robot", action="append", help="robots to export graphs for (default: the adapter's or all the model's)")
+    p.add_argument("--robot", action="append",
+                   help="robots to export graphs for (default: the adapter's or all the model's); one the model lacks is a "
+                        "simulator arm for a model trained on the simulator, else a bundled robot")
     p.add_argument("--recipe", default="export_thor", help="recipe YAML (or a bundled recipe name)")
     p.add_argument("--out", required=True, help="bundle folder")
     p.set_defaults(func=_cmd_export)

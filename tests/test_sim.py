@@ -12,7 +12,7 @@ pytest.importorskip("robosuite", reason="robosuite (sim extra) not installed")
 mujoco = pytest.importorskip("mujoco")
 
 from embodyhub.embodiment import Embodiment  # noqa: E402
-from embodyhub.errors import DatasetError, EmbodimentMismatchError  # noqa: E402
+from embodyhub.errors import DatasetError, EmbodimentMismatchError, EmbodyHubError  # noqa: E402
 from embodyhub.kinematics.mjcf import MJCFError, read_mjcf  # noqa: E402
 
 SIM_ROBOT_NAMES = ["panda", "iiwa", "ur5e", "kinova3", "xarm7", "jaco"]
@@ -448,6 +448,39 @@ def test_a_wam_drives_the_simulator_from_keypoints_and_the_task(tiny_sim_model, 
                  "--out", str(out / "osc")]) == 0
     (osc,) = json.loads((out / "osc" / "eval.json").read_text())
     assert osc["control"] == "osc" and osc["mean_steps"] == 150
+
+
+def test_a_bundle_drives_the_simulator_like_the_model(tiny_sim_model, tmp_path, capsys) -> None:
+    """``embodyhub export --robot xarm7`` of a simulator model (a held-out arm: its MJCF card joins the bundle),
+    then the bundle's graph on onnxruntime commands what the float model commands, chunk after chunk, and
+    ``eval --bundle`` runs it in the closed loop."""
+    pytest.importorskip("onnxruntime")
+    import pickle
+
+    from embodyhub.cli import main
+    from embodyhub.envs.sim import BundlePolicy, ModelPolicy, SimEnv
+
+    _, _, folder = tiny_sim_model
+    bundle = tmp_path / "bundle"
+    assert main(["export", "--model", str(folder), "--robot", "xarm7", "--precision", "float32", "--out", str(bundle)]) == 0
+    env = SimEnv("lift", "xarm7")
+    spec = pickle.loads(pickle.dumps(BundlePolicy(str(bundle))))  # what a spawned evaluation worker receives
+    onnx, wam = spec.build(env.embodiment, env.task.description), ModelPolicy(str(folder)).build(env.embodiment, env.task.description)
+    obs = env.reset(1_000_001)
+    lower, upper = env.embodiment.lower.numpy(), env.embodiment.upper.numpy()
+    for _ in range(9):  # two chunks of 4 and a re-plan
+        q = onnx(obs)
+        assert np.array_equal(q, wam(obs)) and np.all(q <= upper + 1e-9) and np.all(q >= lower - 1e-9)
+        obs = env.step(q)
+    with pytest.raises(EmbodyHubError, match="no policy for 'panda'"):
+        spec.build(SimEnv("lift", "panda").embodiment, "lift the cube")
+    out = tmp_path / "eval"
+    assert main(["eval", "--env", "lift", "--robot", "xarm7", "--bundle", str(bundle), "--episodes", "1", "--out", str(out)]) == 0
+    (row,) = json.loads((out / "eval.json").read_text())
+    assert row["policy"] == str(bundle) and row["runtime"] == "onnxruntime" and row["mean_steps"] == 150
+    capsys.readouterr()
+    assert main(["eval", "--env", "lift", "--robot", "panda", "--bundle", str(bundle), "--episodes", "1", "--out", str(out)]) == 2
+    assert "no policy graph for panda" in capsys.readouterr().err
 
 
 def test_triton_loads_after_a_camera_env_has_rendered() -> None:

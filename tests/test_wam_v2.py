@@ -17,12 +17,13 @@ TASKS = ["lift the cube", "stack the red cube on the green cube", "pick up the c
 K, H = 8, 4
 
 
-def make(seed: int = 0, **overrides):
+def make(seed: int = 0, keypoints_per_object: int = 1, **overrides):
     torch.manual_seed(seed)
-    processor = WamProcessor(chunk_length=H, max_keypoints=K, task_vocab=WamProcessor.task_words(TASKS), max_task_tokens=12)
+    processor = WamProcessor(chunk_length=H, max_keypoints=K, keypoints_per_object=keypoints_per_object,
+                             task_vocab=WamProcessor.task_words(TASKS), max_task_tokens=12)
     processor.add_embodiment(load_robot("panda"))
-    config = WamConfig(chunk_length=H, max_keypoints=K, task_vocab_size=processor.task_vocab_size, max_task_tokens=12,
-                       **{**TINY, **overrides})
+    config = WamConfig(chunk_length=H, max_keypoints=K, keypoints_per_object=keypoints_per_object,
+                       task_vocab_size=processor.task_vocab_size, max_task_tokens=12, **{**TINY, **overrides})
     return WamForActionPrediction(config).eval(), processor
 
 
@@ -253,13 +254,101 @@ def test_shipped_tiny_base_loads_and_decodes_as_before_v2(name):
     assert model.sample_action_tokens(dims, steps, **prefix)["tokens"][0].tolist() == TINY_BASE_TOKENS[name]
 
 
-def test_export_refuses_v2_inputs_and_adapt_needs_no_goal(v2, tmp_path):
+def test_adapt_needs_no_goal(v2):
     from embodyhub.data import needed_features
-    from embodyhub.errors import EmbodyHubError
-    from embodyhub.export.onnx import export_policy
 
-    model, processor = v2
-    with pytest.raises(EmbodyHubError, match="keypoints .*export takes joint state and goal poses only"):
-        export_policy(model, processor, "panda", tmp_path / "p.onnx")
+    model, _ = v2
     assert needed_features(model.config.to_dict()) == ("observation.state", "action")
     assert "observation.goal" in needed_features(WamConfig(**TINY).to_dict())
+
+
+# ---- export: the v2 inputs in the ONNX policy graph --------------------------------------------------
+
+
+@pytest.mark.parametrize("precision", ["float32", "int8", "int4", "fp8"])
+def test_onnx_policy_graph_reads_the_v2_inputs_and_decodes_the_pytorch_tokens(precision, tmp_path):
+    """The graph takes the raw keypoints (4 per object), their mask, the task ids and an optional goal; under the
+    bundle's session options its canonical chunk is within 1e-4 of PyTorch's, its tokens are PyTorch's, and the
+    masks mean per sample what the processor's mean."""
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from embodyhub.export import QuantConfig, quantize_model
+    from embodyhub.export.onnx import OUTPUT_NAMES, PolicyGraph, check_against_torch, example_feed, export_policy, ort_session
+    from embodyhub.export.quantize import fp8_supported
+
+    if precision == "fp8" and not fp8_supported():
+        pytest.skip("no float8 dtype in this torch build")
+    model, processor = make(seed=1, keypoints_per_object=4)
+    quantize_model(model, QuantConfig(precision, group_size=16))
+    path = export_policy(model, processor, "panda", tmp_path / "policy.onnx", batch_size=2)
+    result = check_against_torch(path, model, processor, "panda", batch_size=2, trials=4)
+    assert result["max_abs_canonical"] <= 1e-4 and result["token_agreement"] == 1.0 and result["max_abs_native"] == 0.0
+    proto = onnx.load(str(path))
+    names = ["q", "goal", "has_goal", "keypoints", "keypoint_mask", "task_ids"]
+    assert [i.name for i in proto.graph.input] == names
+    read = {name for node in proto.graph.node for name in node.input}
+    assert set(names) <= read  # none folded away into a constant
+    if precision != "float32":
+        return
+    # per-sample masks: sample 0 with a goal and two objects, sample 1 with no goal, one object and a shorter task
+    emb = processor.resolve("panda")
+    feed = example_feed(model, processor, emb, 2, seed=1)
+    points = observation(batch=2, points=K, seed=4)["environment_state"].reshape(2, K, 3).float()
+    points[1, 4:] = 0.0
+    feed.update(has_goal=torch.tensor([True, False]), keypoints=points, keypoint_mask=torch.tensor([[True] * 8, [True] * 4 + [False] * 4]))
+    feed["task_ids"] = processor.encode_task(["stack the red cube on the green cube", "lift the cube"], 2)[0]
+    tokens = torch.from_numpy(ort_session(path).run(OUTPUT_NAMES[:1], {k: v.numpy() for k, v in feed.items()})[0])
+    with torch.no_grad():
+        assert torch.equal(tokens, PolicyGraph(model, processor, emb)(*feed.values())[0])
+        for b, obs in enumerate([{"goal": feed["goal"][:1], "environment_state": points[:1], "task": "stack the red cube on the green cube"},
+                                 {"environment_state": points[1:, :4], "task": "lift the cube"}]):
+            batch = dict(processor({"state": feed["q"][b : b + 1], **obs}, emb))
+            batch.pop("action_decoder")
+            want = model.sample_action_tokens(batch.pop("action_dims"), batch.pop("action_steps"), **batch)["tokens"]
+            assert torch.equal(tokens[b : b + 1], want)
+
+
+def test_onnx_policy_graph_reads_camera_frames(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from embodyhub.export.onnx import check_against_torch, export_policy, ort_session
+
+    model, processor = make(seed=2, image_size=16, patch_size=8)
+    path = export_policy(model, processor, "panda", tmp_path / "policy.onnx")
+    assert [i.name for i in ort_session(path).get_inputs()][-1] == "pixel_values"
+    result = check_against_torch(path, model, processor, "panda", trials=2)
+    assert result["max_abs_canonical"] <= 1e-4 and result["token_agreement"] == 1.0
+
+
+def test_v2_bundle_runs_observations_as_the_processor_takes_them(tmp_path):
+    """``OnnxPolicy`` takes keypoints, the task string and an optional goal as ``WamProcessor`` does, gives the
+    quantized model's native commands, refuses what the processor refuses; the GPU decoder refuses v2 models."""
+    pytest.importorskip("onnxruntime")
+    from embodyhub.errors import EmbodyHubError
+    from embodyhub.export import GraphedDecoder, OnnxPolicy, QuantConfig, build_bundle, load_quantized
+    from embodyhub.export.runtime import bench_bundle
+
+    model, processor = make(seed=3, keypoints_per_object=4)
+    processor.embodiments["panda"].control_hz = 1.0  # a generous budget: no warning
+    folder = tmp_path / "bundle"
+    manifest = build_bundle(model, processor, folder, QuantConfig("int4", group_size=16), check_trials=2, latency_repeats=1)
+    entry = manifest["embodiments"][0]
+    assert [i["name"] for i in entry["io"]["inputs"]] == ["q", "goal", "has_goal", "keypoints", "keypoint_mask", "task_ids"]
+    assert entry["onnx_check"]["passed"] and "task_ids: task word ids" in manifest["inputs_note"]
+    assert {"model.keypoint_proj.0", "model.keypoint_proj.2"} <= set(manifest["quantization"]["float_layers"])  # an input projection
+    assert "`keypoint_mask`" in (folder / "README.md").read_text()
+    policy, quantized = OnnxPolicy(folder, "panda"), load_quantized(folder)
+    for seed, obs in enumerate([observation(batch=1, points=8), observation(batch=1, points=4, task="lift the cube")]):
+        if seed:
+            emb = policy.embodiment
+            obs["goal"] = torch.stack([c.forward_kinematics(emb.sample(1)[:, i]) for c, i in zip(emb.chains, emb.arm_indices)], 1)
+        want = quantized.predict_action(**processor(obs, "panda"))
+        got = policy(obs.pop("state"), obs.pop("goal", None), **obs)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-9)
+    bad = observation(batch=1, points=4)
+    bad["environment_state"][0, 2] = float("nan")
+    with pytest.raises(InvalidActionError, match="NaN"):
+        policy(bad.pop("state"), **bad)
+    with pytest.raises(EmbodyHubError, match="read joint state and goal poses only.*keypoints"):
+        GraphedDecoder(quantized, processor, "panda")
+    (row,) = bench_bundle(folder, repeats=2, max_seconds=0.2)
+    assert row["graph_ms"] > 0

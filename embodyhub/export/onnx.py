@@ -6,13 +6,18 @@ The policy graph is the model's own code traced in three parts and composed into
 the embodiment's joint tokens as constants; the prefix + BOS forward; the first greedy token), an ONNX
 ``Loop`` whose body is ``LoopStepGraph`` (one KV-cached decode step + greedy pick on a fixed-size cache),
 and ``CanonicalGraph`` (bin decoding back to canonical actions, relative offsets added back). The graph's
-size does not grow with the number of action tokens. Inputs: native joint state ``q [B, dof]`` and per-arm
-goal poses ``goal [B, arms, 4, 4]``; outputs: the action ``tokens [B, L]`` and the canonical chunk
-``canonical [B, H, D]``. The last step to native joint commands (IK for end-effector slots, limit and
-velocity clamping) is iterative and data-dependent, so it runs on the host through
-``WamProcessor.decode_actions`` on the graph's tokens (``runtime.OnnxPolicy``). ``DecodeStepGraph`` is
-one KV-cached token with a dynamic cache length, for runtimes that loop on the host. ``share_weights``
-moves the initializers of a bundle's graphs into one external-data file, each tensor stored once.
+size does not grow with the number of action tokens. Inputs (``policy_input_names``): native joint state
+``q [B, dof]`` and per-arm goal poses ``goal [B, arms, 4, 4]``; a model reading the v2 inputs also takes
+``has_goal [B]`` (the goal is optional there), the raw object keypoints ``keypoints [B, max_keypoints, 3]``
+with ``keypoint_mask``, and the task word ids ``task_ids [B, max_task_tokens]`` (a string's tokenization
+stays on the host, ``graph_feed``); an image model takes ``pixel_values``. The keypoint features (offsets
+from the end effectors, object shapes) are the processor's, traced like its FK. Outputs: the action
+``tokens [B, L]`` and the canonical chunk ``canonical [B, H, D]``. The last step to native joint commands
+(IK for end-effector slots, limit and velocity clamping) is iterative and data-dependent, so it runs on the
+host through ``WamProcessor.decode_actions`` on the graph's tokens (``runtime.OnnxPolicy``).
+``DecodeStepGraph`` is one KV-cached token with a dynamic cache length, for runtimes that loop on the host.
+``share_weights`` moves the initializers of a bundle's graphs into one external-data file, each tensor
+stored once.
 
 Quantized models export with their integer weights behind standard ``DequantizeLinear`` nodes (the
 weight-only pattern TensorRT fuses into its GEMMs; never folded back to float), float tensors stored at
@@ -27,7 +32,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +40,9 @@ from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache
 
 from ..embodiment import Embodiment
-from ..errors import EmbodyHubError
+from ..errors import InvalidActionError
 from ..models.wam import WamForActionPrediction, WamProcessor
+from ..models.wam.processing_wam import TASK_PAD, _get
 from . import kernels
 from .quantize import QuantizedLinear, dequantize_once
 
@@ -46,29 +52,101 @@ OPSET = 18
 ONNX_DATA_NAME = "weights.onnx.data"  # the external-data file a bundle's graphs share
 
 
-def check_exportable(model: WamForActionPrediction) -> None:
-    """The exported graphs take joint state and goal poses only: refuse a model that reads keypoints or task
-    words (the v2 inputs), which would run blind without them."""
-    cfg = model.config
-    if cfg.max_keypoints or cfg.task_vocab_size:
-        raise EmbodyHubError(
-            f"this model reads object keypoints (max_keypoints={cfg.max_keypoints}) or task words (task_vocab_size="
-            f"{cfg.task_vocab_size}); export takes joint state and goal poses only so far: export a goal-based model"
-        )
+INPUT_NOTES = {  # what each policy graph input holds (the bundle's manifest and README list them)
+    "q": "native joint positions [B, dof] (URDF order, rad or m)",
+    "goal": "per-arm target poses [B, arms, 4, 4] in each arm's base frame",
+    "has_goal": "[B] bool: the samples that have a goal (the others' goal tokens are masked; give any finite goal)",
+    "keypoints": "object keypoints [B, max_keypoints, 3] (m, arm 0's base frame; objects whole, unused rows zero)",
+    "keypoint_mask": "[B, max_keypoints] bool: the real keypoints",
+    "task_ids": "task word ids [B, max_task_tokens] from WamProcessor.encode_task (0: padding)",
+    "pixel_values": "camera frame [B, channels, size, size], values in [0, 1]",
+}
+
+
+def policy_input_names(config: Any) -> list[str]:
+    """The policy graph's inputs for a model of ``config``: ``q, goal`` (the v1 graph), then ``has_goal``,
+    ``keypoints`` + ``keypoint_mask`` and ``task_ids`` for a model reading keypoints or task words, and
+    ``pixel_values`` for one with image inputs."""
+    names = list(INPUT_NAMES)
+    if config.max_keypoints or config.task_vocab_size:
+        names.append("has_goal")
+    if config.max_keypoints:
+        names += ["keypoints", "keypoint_mask"]
+    if config.task_vocab_size:
+        names.append("task_ids")
+    if config.image_size:
+        names.append("pixel_values")
+    return names
+
+
+def prefix_batch(processor: WamProcessor, embodiment: Embodiment, feed: Mapping[str, Tensor]) -> dict[str, Any]:
+    """The model inputs (``processor(...)``'s output) for the policy graph's inputs ``feed``: the processor
+    encodes the joint state, goal poses and keypoints (normalization, FK, goal and keypoint features, the joint
+    tokens as constants: traced into the graph), then the masks the graph takes as inputs replace the ones the
+    processor derives from what it was given, and the task ids come as they are."""
+    observation = {"state": feed["q"], "goal": feed["goal"]}
+    if "keypoints" in feed:
+        observation["environment_state"] = feed["keypoints"]
+    batch = dict(processor(observation, embodiment))
+    if "has_goal" in feed:
+        batch["goal_mask"] = batch["goal_mask"] & feed["has_goal"][:, None]
+    if "keypoint_mask" in feed:
+        batch["keypoint_mask"] = feed["keypoint_mask"]
+    if "task_ids" in feed:
+        batch["task_ids"], batch["task_mask"] = feed["task_ids"], feed["task_ids"] != TASK_PAD
+    if "pixel_values" in feed:
+        batch["pixel_values"] = feed["pixel_values"]
+    return batch
+
+
+def graph_feed(processor: WamProcessor, embodiment: Embodiment, names: list[str], observation: Mapping[str, Any]) -> dict[str, Tensor]:
+    """A processor observation (``state``; ``goal``, ``environment_state``, ``task``, ``pixel_values`` as the
+    model reads them) as the policy graph's inputs ``names``, on the host: float32 joint state and goal poses
+    (a graph with ``has_goal`` takes an absent goal as identity poses, masked), the keypoints zero-padded with
+    their mask, the task string tokenized. The observation is first validated by the processor itself, so
+    what the PyTorch path refuses is refused here (``InvalidActionError``)."""
+    embodiment = processor.resolve(embodiment)
+    batch = processor(observation, embodiment)
+    q = batch["action_decoder"].q_current
+    B, arms = q.shape[0], len(embodiment.arms)
+    goal = _get(observation, "goal")
+    feed = {"q": q.float()}
+    if goal is not None:
+        goal = torch.as_tensor(goal, dtype=torch.float32)
+        if goal.numel() != B * arms * 16:
+            raise InvalidActionError(f"the policy graph takes goal poses [{B}, {arms}, 4, 4], got {tuple(goal.shape)}")
+        feed["goal"] = goal.reshape(B, arms, 4, 4)
+    elif "has_goal" in names:
+        feed["goal"] = torch.eye(4).expand(B, arms, 4, 4)
+    else:
+        raise InvalidActionError(f"this policy graph needs goal poses [{B}, {arms}, 4, 4] (the model reads a goal)")
+    feed["has_goal"] = torch.full((B,), goal is not None)
+    if "keypoints" in names:
+        points, feed["keypoint_mask"] = processor._points(_get(observation, "environment_state"), B, "environment_state")
+        feed["keypoints"] = points.float()
+    if "task_ids" in names:
+        feed["task_ids"] = batch["task_ids"]
+    if "pixel_values" in names:
+        if "pixel_values" not in batch:
+            raise InvalidActionError("this policy graph reads camera frames: give pixel_values [B, channels, size, size]")
+        feed["pixel_values"] = batch["pixel_values"]
+    return {name: feed[name] for name in names}
 
 
 class PolicyGraph(nn.Module):
-    """``(q, goal) -> (tokens, canonical)`` for one embodiment and batch size in PyTorch (``sample_action_tokens``):
-    the reference the exported Loop graph is checked against."""
+    """``(q, goal, ...) -> (tokens, canonical)`` for one embodiment and batch size in PyTorch
+    (``sample_action_tokens``; inputs in ``input_names`` order): the reference the exported Loop graph is
+    checked against."""
 
     def __init__(self, model: WamForActionPrediction, processor: WamProcessor, embodiment: Embodiment | str) -> None:
         super().__init__()
         self.model = model
         self.processor = processor
         self.embodiment = processor.resolve(embodiment)
+        self.input_names = policy_input_names(model.config)
 
-    def forward(self, q: Tensor, goal: Tensor) -> tuple[Tensor, Tensor]:
-        batch = dict(self.processor({"state": q, "goal": goal}, self.embodiment))
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
+        batch = prefix_batch(self.processor, self.embodiment, dict(zip(self.input_names, inputs)))
         batch.pop("action_decoder")
         dims, steps = batch.pop("action_dims"), batch.pop("action_steps")
         with dequantize_once(self.model):
@@ -90,33 +168,35 @@ class PolicyGraph(nn.Module):
 
 
 class PrefillGraph(nn.Module):
-    """``(q, goal) -> (logits, keys, values, attention_mask)``: the processor and the prefix + BOS forward, the
-    first logits and the KV cache stacked over layers ``[layers, B, heads, T, head_dim]``. With
+    """``(q, goal, ...) -> (logits, keys, values, attention_mask)``: the processor and the prefix + BOS forward,
+    the first logits and the KV cache stacked over layers ``[layers, B, heads, T, head_dim]``. With
     ``DecodeStepGraph`` it is the step-wise form of ``PolicyGraph`` (for runtimes that loop on the host)."""
 
     def __init__(self, model: WamForActionPrediction, processor: WamProcessor, embodiment: Embodiment | str) -> None:
         super().__init__()
         self.model, self.processor, self.embodiment = model, processor, processor.resolve(embodiment)
+        self.input_names = policy_input_names(model.config)
         self.dequantize = True  # quantized weights dequantized once per call (the form ONNX stores); False: fused kernels
 
-    def encode(self, q: Tensor, goal: Tensor) -> tuple[Any, Tensor]:
+    def encode(self, *inputs: Tensor) -> tuple[Any, Tensor]:
         """The model output of the prefix + BOS forward (with its cache) and the canonical state. The
-        processor runs where ``q`` is; its outputs move to the model's device."""
-        batch = {k: v.to(self.model.device) if isinstance(v, Tensor) else v for k, v in self.processor({"state": q, "goal": goal}, self.embodiment).items()}
+        processor runs where the inputs are; its outputs move to the model's device."""
+        batch = prefix_batch(self.processor, self.embodiment, dict(zip(self.input_names, inputs)))
+        batch = {k: v.to(self.model.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
         batch.pop("action_decoder")
         dims, steps = batch.pop("action_dims"), batch.pop("action_steps")
-        bos = torch.full((q.shape[0], 1), self.model.config.bos_token_id, dtype=torch.long, device=dims.device)
+        bos = torch.full((dims.shape[0], 1), self.model.config.bos_token_id, dtype=torch.long, device=dims.device)
         with dequantize_once(self.model, self.dequantize):
             out = self.model(bos, dims[:, :1], steps[:, :1], use_cache=True, **batch)
         return out, batch["state"]
 
-    def forward(self, q: Tensor, goal: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        out, _ = self.encode(q, goal)
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        out, _ = self.encode(*inputs)
         return (out.logits[:, -1], *_stacked(out.cache), out.attention_mask)
 
 
 class LoopPrefillGraph(PrefillGraph):
-    """``(q, goal) -> (first_token, prefill_keys, prefill_values, prefill_mask, state)``: the Loop policy's head.
+    """``(q, goal, ...) -> (first_token, prefill_keys, prefill_values, prefill_mask, state)``: the Loop policy's head.
     The KV cache is zero-padded to ``slots`` positions (prefix + BOS + every fed-back token) and
     ``prefill_mask [B, slots]`` marks the valid prefix keys; ``state`` feeds the bin decoding at the end."""
 
@@ -124,8 +204,8 @@ class LoopPrefillGraph(PrefillGraph):
         super().__init__(model, processor, embodiment)
         self.slots = slots
 
-    def forward(self, q: Tensor, goal: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        out, state = self.encode(q, goal)
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        out, state = self.encode(*inputs)
         mask = out.attention_mask
         pad = self.slots - mask.shape[1]
         keys, values = (F.pad(t, (0, 0, 0, pad)) for t in _stacked(out.cache))
@@ -295,10 +375,10 @@ def export_decode_step(
 ) -> Path:
     """Export ``DecodeStepGraph`` (traced on a real cache from ``embodiment``'s prefix; valid for any robot)."""
     model = model.eval()
-    q, goal = example_inputs(processor.resolve(embodiment), batch_size)
+    emb = processor.resolve(embodiment)
     with torch.no_grad():
-        logits, keys, values, mask = PrefillGraph(model, processor, embodiment)(q, goal)
-        dims, steps = processor.schedule(processor.resolve(embodiment))
+        logits, keys, values, mask = PrefillGraph(model, processor, emb)(*example_feed(model, processor, emb, batch_size).values())
+        dims, steps = processor.schedule(emb)
     token = greedy_token(logits, model.config.action_bins)
     mask = torch.cat([mask, mask.new_ones(batch_size, 1)], 1)
     args = (token, dims[None, 1:2].expand(batch_size, 1), steps[None, 1:2].expand(batch_size, 1), mask, keys, values)
@@ -319,11 +399,10 @@ def check_decode_step(
     and the largest logit magnitude (float32 rounding scales with it)."""
     session = ort_session(path)
     emb = processor.resolve(embodiment)
-    q, goal = example_inputs(emb, batch_size, seed)
     dims, steps = processor.schedule(emb)
     worst = scale = 0.0
     with torch.no_grad():
-        logits, keys, values, mask = PrefillGraph(model.eval(), processor, emb)(q, goal)
+        logits, keys, values, mask = PrefillGraph(model.eval(), processor, emb)(*example_feed(model, processor, emb, batch_size, seed).values())
         step_graph = DecodeStepGraph(model)
         ort_keys, ort_values = keys.numpy(), values.numpy()
         for k in range(1, dims.shape[0]):
@@ -346,6 +425,42 @@ def example_inputs(embodiment: Embodiment, batch_size: int = 1, seed: int = 0) -
     return q.float(), goal.float()
 
 
+def example_observation(
+    processor: WamProcessor, embodiment: Embodiment, batch_size: int = 1, seed: int = 0, image: tuple[int, ...] | None = None
+) -> dict[str, Any]:
+    """A random processor observation: ``example_inputs``' joint state and goal poses (a processor reading
+    keypoints or task words leaves the goal out on even seeds), 1 to ``max_keypoints`` objects' worth of
+    keypoints (a centre and points a few centimetres from it), a sentence of vocabulary words (and an unknown
+    one) per sample and, given ``image`` (one frame's shape), random pixels."""
+    q, goal = example_inputs(embodiment, batch_size, seed)
+    gen = torch.Generator().manual_seed(seed)
+    observation: dict[str, Any] = {"state": q}
+    if not (processor.max_keypoints or processor.task_vocab) or seed % 2:
+        observation["goal"] = goal
+    if processor.max_keypoints:
+        n = processor.keypoints_per_object
+        objects = int(torch.randint(1, processor.max_keypoints // n + 1, (1,), generator=gen))
+        centres = torch.rand(batch_size, objects, 1, 3, generator=gen) * 0.6 - 0.3
+        offsets = torch.rand(batch_size, objects, n, 3, generator=gen) * 0.1 - 0.05
+        offsets[:, :, 0] = 0.0
+        observation["environment_state"] = (centres + offsets).reshape(batch_size, -1)
+    if processor.task_vocab:
+        words = processor.task_vocab + ["unheard"]
+        lengths = torch.randint(1, processor.max_task_tokens + 2, (batch_size,), generator=gen).tolist()
+        observation["task"] = [" ".join(words[int(i)] for i in torch.randint(len(words), (k,), generator=gen)) for k in lengths]
+    if image is not None:
+        observation["pixel_values"] = torch.rand(batch_size, *image, generator=gen)
+    return observation
+
+
+def example_feed(model: WamForActionPrediction, processor: WamProcessor, embodiment: Embodiment, batch_size: int = 1, seed: int = 0) -> dict[str, Tensor]:
+    """The policy graph's inputs for ``example_observation`` (``graph_feed``), in ``policy_input_names`` order."""
+    cfg = model.config
+    image = (cfg.num_channels, cfg.image_size, cfg.image_size) if cfg.image_size else None
+    observation = example_observation(processor, embodiment, batch_size, seed, image)
+    return graph_feed(processor, embodiment, policy_input_names(cfg), observation)
+
+
 def export_policy(
     model: WamForActionPrediction,
     processor: WamProcessor,
@@ -359,18 +474,17 @@ def export_policy(
 
     ``fp16_initializers`` stores float initializers whose values are exactly float16 as float16 plus a Cast
     (the quantized model's float tensors are rounded to float16, so its file shrinks by half there)."""
-    check_exportable(model)
     model = model.eval()
     emb = processor.resolve(embodiment)
-    q, goal = example_inputs(emb, batch_size)
+    feed = example_feed(model, processor, emb, batch_size)
     dims, steps = processor.schedule(emb)
     head, first_slot = loop_head(model, processor, emb)
     with torch.no_grad():
-        token, keys, values, mask, state = head(q, goal)
+        token, keys, values, mask, state = head(*feed.values())
     tokens = torch.zeros(batch_size, dims.numel(), dtype=torch.long)  # the bin decoding traces the same for any tokens
     quantized = _is_quantized(model)
     parts = (
-        _trace(head, (q, goal), quantized, fp16_initializers, "h", input_names=INPUT_NAMES, output_names=LOOP_HEAD_OUTPUTS),
+        _trace(head, tuple(feed.values()), quantized, fp16_initializers, "h", input_names=list(feed), output_names=LOOP_HEAD_OUTPUTS),
         _trace(
             LoopStepGraph(model, dims, steps, first_slot), (torch.tensor(0), token, mask, keys, values), quantized, fp16_initializers,
             "s", input_names=LOOP_BODY_INPUTS, output_names=LOOP_BODY_OUTPUTS,
@@ -384,14 +498,13 @@ def loop_head(model: WamForActionPrediction, processor: WamProcessor, embodiment
     """The Loop policy's head with a cache sized for the embodiment's whole action schedule, and the slot of
     the first decoded token (prefix + BOS, read off one prefill of example inputs)."""
     emb = processor.resolve(embodiment)
-    q, goal = example_inputs(emb, 1)
     with torch.no_grad():
-        first_slot = PrefillGraph(model, processor, emb)(q, goal)[3].shape[1]
+        first_slot = PrefillGraph(model, processor, emb)(*example_feed(model, processor, emb).values())[3].shape[1]
     return LoopPrefillGraph(model, processor, emb, first_slot + processor.schedule(emb)[0].numel() - 1), first_slot
 
 
 def _loop_policy(head: Any, body: Any, tail: Any, trips: int) -> Any:
-    """Compose the three traced parts into ``(q, goal) -> (tokens, canonical)``: the prefill, an ONNX ``Loop``
+    """Compose the three traced parts into ``(q, goal, ...) -> (tokens, canonical)``: the prefill, an ONNX ``Loop``
     of ``trips`` decode steps (token and fixed-size KV cache loop-carried, each step's token a scan output,
     the prefill's key mask read from the outer scope), the tokens concatenated, then the bin decoding.
 
@@ -739,7 +852,7 @@ def check_against_torch(
     config: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Run the ONNX graph (in ``ort_session(path, config=config)``) and the PyTorch path on ``trials`` fresh
-    random observations.
+    random observations (``example_feed``: with the v2 inputs, keypoints and a task, with and without a goal).
 
     Returns the max abs canonical difference (in the action's own units and in bins), the token
     agreement and the max abs difference of the native chunks decoded from each side's tokens."""
@@ -750,10 +863,11 @@ def check_against_torch(
     worst = worst_bins = worst_native = 0.0
     agree = []
     for seed in range(1, trials + 1):
-        q, goal = example_inputs(emb, batch_size, seed)
+        feed = example_feed(graph.model, processor, emb, batch_size, seed)
+        q = feed["q"]
         with torch.no_grad():
-            tokens, canonical = graph(q, goal)
-        got_tokens, got_canonical = (torch.from_numpy(a) for a in session.run(OUTPUT_NAMES, {"q": q.numpy(), "goal": goal.numpy()}))
+            tokens, canonical = graph(*feed.values())
+        got_tokens, got_canonical = (torch.from_numpy(a) for a in session.run(OUTPUT_NAMES, {k: v.numpy() for k, v in feed.items()}))
         diff = (got_canonical - canonical).abs()
         worst = max(worst, float(diff.max()))
         worst_bins = max(worst_bins, float((diff / width).max()))

@@ -31,7 +31,7 @@ from . import kernels
 PRECISIONS = ("int8", "int4", "fp8")
 FLOAT_PRECISIONS = ("float32", "float16")  # unquantized bundles: every weight stored at that precision
 BUNDLE_PRECISIONS = (*FLOAT_PRECISIONS, *PRECISIONS)
-DEFAULT_SKIP = ["model.joint_proj", "model.state_proj", "model.goal_proj", "model.patch_proj"]
+DEFAULT_SKIP = ["model.joint_proj", "model.state_proj", "model.goal_proj", "model.patch_proj", "model.keypoint_proj"]
 DEFAULT_INT8 = ["action_head"]
 DEFAULT_GROUP_SIZE = 128  # int4 columns per scale/zero point: the export recipe's (smaller bundle, same success)
 FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -3,15 +3,19 @@ quantized model's greedy decoding on a GPU with CUDA graphs.
 
 ``OnnxPolicy(bundle, robot)(q, goal)`` returns native joint commands ``[B, H, dof]`` like
 ``model.predict_action``: the graph yields the action tokens, and the bundled processor turns them
-into joint commands (IK for end-effector slots, URDF position and velocity clamping).
+into joint commands (IK for end-effector slots, URDF position and velocity clamping). A model reading
+the v2 inputs takes them as the processor does: ``policy(q, environment_state=points, task="lift the
+cube")`` (the goal optional).
 ``GraphedDecoder(model, processor, robot)(q, goal)`` returns the action tokens the graph would, from
-PyTorch (fused Triton kernels and CUDA graphs on a GPU); its ``actions(q, goal)`` the native joint commands.
+PyTorch (fused Triton kernels and CUDA graphs on a GPU); its ``actions(q, goal)`` the native joint commands
+(models with joint state and goal inputs only, so far).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +23,20 @@ import torch
 from torch import Tensor
 
 from ..embodiment import Embodiment
-from ..errors import EmbodimentMismatchError, EmbodyHubError, InvalidActionError
+from ..errors import EmbodimentMismatchError, EmbodyHubError
 from ..models.wam import WamForActionPrediction, WamProcessor
 from . import kernels
-from .onnx import OUTPUT_NAMES, LoopStepGraph, example_inputs, greedy_token, loop_head, ort_session
+from .onnx import (
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    LoopStepGraph,
+    example_observation,
+    graph_feed,
+    greedy_token,
+    loop_head,
+    ort_session,
+    policy_input_names,
+)
 from .quantize import dequantize_once
 from .thor import MANIFEST_NAME, verify_bundle
 
@@ -33,7 +47,10 @@ class OnnxPolicy:
     Opening a bundle verifies it against its manifest first (``verify_bundle``: every file's hash, no file
     outside the manifest, no path outside the folder) and checks the robot's URDF against the manifest's
     hash; ``verify=False`` skips that and is for development only. Inputs are validated as the PyTorch
-    path validates them (``WamProcessor``): shapes, NaN/inf, values beyond float32's range."""
+    path validates them (``WamProcessor``): shapes, NaN/inf, values beyond float32's range.
+
+    The observation is the processor's (``graph_feed``): ``q`` and ``goal`` positionally, the v2 inputs
+    (``environment_state``, ``task``) and ``pixel_values`` by keyword, whichever the graph reads."""
 
     def __init__(self, bundle: str | os.PathLike, robot: str | None = None, threads: int = 1, verify: bool = True) -> None:
         folder = Path(bundle)
@@ -49,27 +66,24 @@ class OnnxPolicy:
             raise EmbodimentMismatchError(f"bundle {folder}: the URDF of '{robot}' does not match the manifest's urdf_sha256")
         # the options the manifest lists (bundles written before they were listed: the ones ort_session derives)
         self.session = ort_session(folder / self.entry["onnx"], threads, self.entry.get("onnxruntime_session", {}).get("config_entries"))
-        self.batch_size = int(self.entry["io"]["inputs"][0]["shape"][0])
+        inputs = {i["name"]: i["shape"] for i in self.entry["io"]["inputs"]}
+        self.input_names = list(inputs)
+        self.batch_size = int(inputs["q"][0])
+        self.image: tuple[int, ...] | None = tuple(inputs["pixel_values"][1:]) if "pixel_values" in inputs else None  # a frame's shape
 
-    def run_graph(self, q: Tensor, goal: Tensor) -> tuple[Tensor, Tensor]:
+    def run_graph(self, q: Tensor, goal: Tensor | None = None, **observation: Any) -> tuple[Tensor, Tensor]:
         """``(tokens [B, L], canonical [B, H, D])`` from onnxruntime."""
-        self.processor({"state": q, "goal": goal}, self.embodiment)  # the PyTorch path's input checks; raises InvalidActionError
-        q = torch.as_tensor(q, dtype=torch.float32)
-        goal = torch.as_tensor(goal, dtype=torch.float32)
-        if q.dim() == 1:
-            q = q[None]
-        if goal.numel() != q.shape[0] * len(self.embodiment.arms) * 16:
-            raise InvalidActionError(f"the bundle's graph takes goal poses [B, {len(self.embodiment.arms)}, 4, 4], got {tuple(goal.shape)}")
-        goal = goal.reshape(q.shape[0], len(self.embodiment.arms), 4, 4)
-        if q.shape[0] != self.batch_size:
-            raise EmbodyHubError(f"this graph was exported for batch {self.batch_size}, got {q.shape[0]}")
-        tokens, canonical = self.session.run(OUTPUT_NAMES, {"q": q.numpy(), "goal": goal.numpy()})
+        feed = graph_feed(self.processor, self.embodiment, self.input_names, {"state": q, "goal": goal, **observation})
+        if feed["q"].shape[0] != self.batch_size:
+            raise EmbodyHubError(f"this graph was exported for batch {self.batch_size}, got {feed['q'].shape[0]}")
+        tokens, canonical = self.session.run(OUTPUT_NAMES, {k: v.numpy() for k, v in feed.items()})
         return torch.from_numpy(tokens), torch.from_numpy(canonical)
 
-    def __call__(self, q: Tensor, goal: Tensor) -> Tensor:
-        """Native joint commands ``[B, H, dof]`` (float64) for joint state ``q`` and goal poses."""
+    def __call__(self, q: Tensor, goal: Tensor | None = None, **observation: Any) -> Tensor:
+        """Native joint commands ``[B, H, dof]`` (float64) for joint state ``q``, goal poses and (keywords) the
+        other observation parts the graph reads."""
         q = torch.as_tensor(q, dtype=torch.float64)
-        tokens, _ = self.run_graph(q, goal)
+        tokens, _ = self.run_graph(q, goal, **observation)
         return self.processor.decode_actions(tokens, self.embodiment, q if q.dim() > 1 else q[None])
 
     def as_env_policy(self, execute: int | None = None) -> Any:
@@ -105,6 +119,12 @@ class GraphedDecoder:
         """``dequantize``: quantized layers compute with weights dequantized once per call (default off CUDA)
         or, when False, through the fused kernels reading the codes (default on CUDA; also the way to run
         the CUDA path on CPU, under the interpreter or ``kernels.compile_check``)."""
+        if policy_input_names(model.config) != INPUT_NAMES:
+            raise EmbodyHubError(
+                "GraphedDecoder decodes models that read joint state and goal poses only; this one also reads "
+                f"{', '.join(policy_input_names(model.config)[len(INPUT_NAMES):])}: run its bundle with OnnxPolicy, or the "
+                "model with predict_action"
+            )
         self.model, self.processor, self.embodiment = model.eval(), processor, processor.resolve(embodiment)
         dims, steps = processor.schedule(self.embodiment)
         self.length = dims.numel()
@@ -265,6 +285,9 @@ def bench_bundle(bundle: str | os.PathLike, repeats: int = 20, max_seconds: floa
     ``max_seconds`` each): ``*_ms`` is the median, ``*_iqr_ms`` the quartiles, ``*_runs`` the run count."""
     rows: list[dict[str, Any]] = []
     gpu_model = runtime_model(bundle).cuda() if torch.cuda.is_available() else None
+    if gpu_model is not None and policy_input_names(gpu_model.config) != INPUT_NAMES:
+        warnings.warn("the GPU runtime (GraphedDecoder) decodes joint-state + goal models only: timing onnxruntime alone", stacklevel=2)
+        gpu_model = None
     for entry in json.loads((Path(bundle) / MANIFEST_NAME).read_text())["embodiments"]:
         rows += _bench_robot(OnnxPolicy(bundle, entry["robot"]), entry["budget_ms"], repeats, max_seconds, gpu_model)
     return rows
@@ -278,12 +301,13 @@ def _timing_columns(prefix: str, timing: dict[str, Any]) -> dict[str, Any]:
 def _bench_robot(policy: OnnxPolicy, budget_ms: float, repeats: int, max_seconds: float, gpu_model: Any) -> list[dict[str, Any]]:
     from .thor import stable_ms
 
-    q, goal = example_inputs(policy.embodiment, policy.batch_size)
+    observation = example_observation(policy.processor, policy.embodiment, policy.batch_size, image=policy.image)
+    q, goal = observation.pop("state"), observation.pop("goal", None)
     common = {"robot": policy.embodiment.name, "budget_ms": budget_ms}
     rows = [{
         **common, "backend": "onnxruntime-cpu-1-thread",
-        **_timing_columns("graph", stable_ms(lambda: policy.run_graph(q, goal), repeats, max_seconds)),
-        **_timing_columns("total", stable_ms(lambda: policy(q, goal), max(3, repeats // 4), max_seconds)),
+        **_timing_columns("graph", stable_ms(lambda: policy.run_graph(q, goal, **observation), repeats, max_seconds)),
+        **_timing_columns("total", stable_ms(lambda: policy(q, goal, **observation), max(3, repeats // 4), max_seconds)),
     }]
     if gpu_model is not None:
         decoder = GraphedDecoder(gpu_model, policy.processor, policy.embodiment)

@@ -30,16 +30,17 @@ from ..errors import EmbodyHubError
 from ..recipes import Recipe
 from ..models.wam import WamForActionPrediction, WamProcessor
 from .onnx import (
-    INPUT_NAMES,
+    INPUT_NOTES,
     ONNX_DATA_NAME,
     OUTPUT_NAMES,
     check_against_torch,
-    check_exportable,
     check_decode_step,
-    example_inputs,
+    example_feed,
     export_decode_step,
     export_policy,
     ort_session,
+    policy_input_names,
+    prefix_batch,
     session_config,
     share_weights,
 )
@@ -182,7 +183,6 @@ def build_bundle(
     The graphs are checked and timed as shipped: after their weights moved to the shared data file."""
     if batch_size < 1:
         raise EmbodyHubError(f"batch_size must be at least 1, got {batch_size}")
-    check_exportable(model)  # before the model is quantized in place
     robots = robots or list(processor.embodiment_names)
     if not robots:
         raise EmbodyHubError("the processor has no embodiment cards; pass robots the bundle is for")
@@ -204,17 +204,17 @@ def build_bundle(
         check = check_against_torch(onnx_path, model, processor, emb, batch_size, check_trials, options)
         default = check_against_torch(onnx_path, model, processor, emb, batch_size, check_trials, config={})
         session = ort_session(onnx_path, config=options)
-        q, goal = example_inputs(emb, batch_size)
-        feed = {"q": q.numpy(), "goal": goal.numpy()}
+        inputs = example_feed(model, processor, emb, batch_size)
+        feed = {k: v.numpy() for k, v in inputs.items()}
         graph_ms = median_ms(lambda: session.run(OUTPUT_NAMES, feed), latency_repeats)
 
         def chunk() -> None:  # what a control loop pays per chunk: the graph, then IK and clamping on the host
             tokens = torch.from_numpy(session.run(OUTPUT_NAMES[:1], feed)[0])
-            processor.decode_actions(tokens, emb, q.double())
+            processor.decode_actions(tokens, emb, inputs["q"].double())
 
         ort_ms = median_ms(chunk, max(3, latency_repeats // 3))
         with torch.no_grad():
-            torch_ms = median_ms(lambda: model.predict_action(**processor({"state": q, "goal": goal}, emb)), max(3, latency_repeats // 3))
+            torch_ms = median_ms(lambda: model.predict_action(**prefix_batch(processor, emb, inputs)), max(3, latency_repeats // 3))
         budget_ms = 1e3 * processor.chunk_length / emb.control_hz
         entry = {
             "robot": name,
@@ -259,8 +259,9 @@ def build_bundle(
             "trtexec": trtexec_command(DECODE_STEP_NAME, config.precision),
             "note": "one KV-cached token; cache axis 3 is dynamic (give trtexec --minShapes/--optShapes/--maxShapes for it)",
         }
+    names = policy_input_names(model.config)
     readme = folder / "README.md"
-    readme.write_text(_readme(config, entries))
+    readme.write_text(_readme(config, entries, names))
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
     manifest = {
         "format": BUNDLE_FORMAT,
@@ -271,7 +272,7 @@ def build_bundle(
         },
         "model_type": model.config.model_type,
         "source": source or {},
-        "inputs_note": "q: native joint positions (URDF order, rad or m); goal: per-arm target poses in each arm's base frame",
+        "inputs_note": "; ".join(f"{name}: {INPUT_NOTES[name]}" for name in names),
         "outputs_note": "tokens: action tokens (decode to native joints with WamProcessor.decode_actions); canonical: [B, H, D] canonical actions",
         "embodiments": entries,
         "decode_step": decode_step,
@@ -284,7 +285,7 @@ def build_bundle(
     return manifest
 
 
-def _readme(config: QuantConfig, entries: list[dict[str, Any]]) -> str:
+def _readme(config: QuantConfig, entries: list[dict[str, Any]], inputs: list[str]) -> str:
     lines = [
         f"# embodyhub Thor bundle ({config.precision})",
         "",
@@ -311,9 +312,14 @@ def _readme(config: QuantConfig, entries: list[dict[str, Any]]) -> str:
         "",
         f"With these options the graph's canonical actions are within {ONNX_TOLERANCE:g} of PyTorch (`onnx_check` in the manifest).",
         "",
-        f"Inputs: `{INPUT_NAMES[0]}` native joint positions, `{INPUT_NAMES[1]}` per-arm goal poses `[B, arms, 4, 4]`.",
+        "Inputs:",
+        "",
+        *(f"- `{name}`: {INPUT_NOTES[name]}" for name in inputs),
+        "",
         f"Outputs: `{OUTPUT_NAMES[0]}` action tokens, `{OUTPUT_NAMES[1]}` canonical actions `[B, H, D]`.",
-        "Native joint commands: `embodyhub.export.runtime.OnnxPolicy(bundle_dir, robot)(q, goal)`",
+        "Native joint commands: `embodyhub.export.runtime.OnnxPolicy(bundle_dir, robot)(q, goal)`"
+        + (" (the goal may be None; the other observation parts by the processor's names: `environment_state=`, `task=`, `pixel_values=`)"
+           if len(inputs) > 2 else ""),
         "(IK and limit clamping through the bundled processor). `manifest.json` lists hashes, specs and latency.",
         f"The graphs read their weights from `{ONNX_DATA_NAME}` (ONNX external data): keep it next to them.",
         "Save the engine outside this folder: the runtime refuses a bundle holding files `manifest.json` does not list.",

@@ -7,11 +7,13 @@ robosuite==1.5.2``: robosuite's ``mink`` pin would pull numpy below 2).
 from ._robosuite import SimulatorError, import_robosuite
 from .env import POINTS_PER_OBJECT, TASKS, SimEnv, keypoint_count, run_episode, sim_task
 from .experts import Expert, Gains, run_expert_episode
-from .policy import ModelPolicy, WamSimPolicy
+from .policy import BundlePolicy, BundleSimPolicy, ModelPolicy, WamSimPolicy
 from .robots import SIM_ROBOTS, sim_embodiment, sim_robot
 from .rollout import EVAL_SEED_BASE, collect, evaluate_policy
 
 __all__ = [
+    "BundlePolicy",
+    "BundleSimPolicy",
     "EVAL_SEED_BASE",
     "Expert",
     "Gains",

@@ -4,7 +4,8 @@
 workers load the model themselves (once per process); ``WamSimPolicy`` is the loaded policy for one arm
 and task: it feeds the joint state, the object keypoints, the task string and (for a model with image
 inputs) the camera frame to the processor, and pops one native joint command per control step from an
-``ActionQueue`` of predicted chunks.
+``ActionQueue`` of predicted chunks. ``BundlePolicy`` is the same for an export bundle: the arm's ONNX policy
+graph on onnxruntime (``OnnxPolicy``) plans the chunks, the same greedy ones as the model it was exported from.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from ...embodiment import Embodiment
-from ...errors import InvalidActionError
+from ...errors import EmbodimentMismatchError, InvalidActionError
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,36 @@ class ModelPolicy:
         model, processor = _load(self.model, self.adapter)
         return WamSimPolicy(model, processor, embodiment, task, self.replan_every)
 
+    def describe(self) -> dict[str, Any]:
+        """What an evaluation row records about the policy."""
+        return {"policy": self.model, "adapter": self.adapter}
+
+
+@dataclass(frozen=True)
+class BundlePolicy:
+    """An export bundle (``embodyhub export``) drives the arm: the bundle folder, the onnxruntime threads, and
+    how many steps of each chunk run before re-planning (None: the whole chunk). Picklable like
+    ``ModelPolicy``; each process opens (and verifies) the bundle once."""
+
+    bundle: str
+    replan_every: int | None = None
+    threads: int = 1
+
+    def build(self, embodiment: Embodiment, task: str) -> "WamSimPolicy":
+        """The policy for ``embodiment`` on ``task``: the bundle's graph for that arm, whose embodiment card must
+        be the simulator's (same URDF hash)."""
+        policy = _open_bundle(self.bundle, embodiment.name, self.threads)
+        if policy.embodiment.urdf_sha256 != embodiment.urdf_sha256:
+            raise EmbodimentMismatchError(
+                f"the bundle's '{embodiment.name}' is another robot than the simulator's (URDF hash differs): export the "
+                f"simulator arm (`embodyhub export --model DIR --robot {embodiment.name}` with a model trained on the simulator)"
+            )
+        return BundleSimPolicy(policy, embodiment, task, self.replan_every)
+
+    def describe(self) -> dict[str, Any]:
+        """What an evaluation row records about the policy."""
+        return {"policy": self.bundle, "adapter": None, "runtime": "onnxruntime"}
+
 
 @functools.lru_cache(maxsize=4)
 def _load(model_dir: str, adapter_dir: str | None) -> tuple[Any, Any]:
@@ -47,6 +78,13 @@ def _load(model_dir: str, adapter_dir: str | None) -> tuple[Any, Any]:
         model, _ = load_adapter(model, adapter_dir)
         model.eval()
     return model, processor
+
+
+@functools.lru_cache(maxsize=4)
+def _open_bundle(bundle: str, robot: str, threads: int) -> Any:
+    from ...export.runtime import OnnxPolicy
+
+    return OnnxPolicy(bundle, robot, threads)
 
 
 class WamSimPolicy:
@@ -69,7 +107,7 @@ class WamSimPolicy:
             "environment_state": torch.as_tensor(observation["observation.environment_state"], dtype=torch.float64)[None],
             "task": self.task,
         }
-        size = getattr(self.model.config, "image_size", 0)
+        size = self.image_size
         if size:
             frames = [v for k, v in observation.items() if k.startswith("observation.images.")]
             if not frames or frames[0].shape[:2] != (size, size):
@@ -77,9 +115,29 @@ class WamSimPolicy:
             out["pixel_values"] = torch.as_tensor(frames[0]).permute(2, 0, 1)[None].float() / 255
         return out
 
+    @property
+    def image_size(self) -> int:
+        """The camera frames' size the model reads (0: none)."""
+        return getattr(self.model.config, "image_size", 0)
+
     @torch.inference_mode()
     def _plan(self, observation: Mapping[str, np.ndarray]) -> torch.Tensor:
         return self.model.predict_action(**self.processor(self.inputs(observation), self.embodiment))[0]
 
     def __call__(self, observation: Mapping[str, np.ndarray]) -> np.ndarray:
         return self.queue(observation).numpy()
+
+
+class BundleSimPolicy(WamSimPolicy):
+    """``WamSimPolicy`` planning with a bundle's policy graph (``OnnxPolicy``) instead of the PyTorch model."""
+
+    def __init__(self, policy: Any, embodiment: Embodiment, task: str, replan_every: int | None = None) -> None:
+        super().__init__(policy, policy.processor, embodiment, task, replan_every)
+
+    @property
+    def image_size(self) -> int:
+        return self.model.image[-1] if self.model.image else 0
+
+    def _plan(self, observation: Mapping[str, np.ndarray]) -> torch.Tensor:
+        inputs = self.inputs(observation)
+        return self.model(inputs.pop("state"), **inputs)[0]

@@ -24,7 +24,7 @@ import numpy as np
 from ...errors import DatasetError
 
 if TYPE_CHECKING:
-    from .policy import ModelPolicy
+    from .policy import BundlePolicy, ModelPolicy
 
 EVAL_SEED_BASE = 1_000_000
 VIDEO_SIZE = 160  # pixels (square) of evaluation rollout videos
@@ -54,7 +54,8 @@ def _init_worker() -> None:
 
 
 def _episode_job(args: tuple) -> tuple[int, dict[str, Any]]:
-    """One episode of the scripted expert (``policy`` None) or of a ``ModelPolicy`` (loaded in this process)."""
+    """One episode of the scripted expert (``policy`` None) or of a ``ModelPolicy``/``BundlePolicy`` (loaded in this
+    process)."""
     import torch
 
     from .env import run_episode
@@ -232,12 +233,13 @@ def evaluate_policy(
     videos: int = 0,
     video_dir: str | os.PathLike | None = None,
     camera: str = "sideview",
-    policy: ModelPolicy | None = None,
+    policy: ModelPolicy | BundlePolicy | None = None,
 ) -> dict[str, Any]:
-    """Closed-loop success of the scripted expert (``policy`` None) or of a saved WAM (``ModelPolicy``; each
-    worker process loads it) on evaluation seeds ``seed .. seed + episodes - 1``; with ``control="osc"`` the
-    WAM's decoded commands go to robosuite's OSC as end-effector targets instead of joint targets. The first
-    ``videos`` episodes are also rendered from ``camera`` (full visual meshes) as GIFs in ``video_dir``.
+    """Closed-loop success of the scripted expert (``policy`` None) or of a saved WAM (``ModelPolicy``, or an
+    export bundle on onnxruntime, ``BundlePolicy``; each worker process loads it) on evaluation seeds ``seed ..
+    seed + episodes - 1``; with ``control="osc"`` the WAM's decoded commands go to robosuite's OSC as end-effector
+    targets instead of joint targets. The first ``videos`` episodes are also rendered from ``camera`` (full
+    visual meshes) as GIFs in ``video_dir``.
     Rendering does not touch the physics, so recorded episodes score as unrecorded ones."""
     name = "expert" if policy is None else "wam"
     jobs: list[tuple] = [(task.lower(), robot, gripper, None, 84, False, control, seed + i, None, policy) for i in range(episodes)]
@@ -257,7 +259,7 @@ def evaluate_policy(
     ordered = [results[s] for s in sorted(results)]
     return {
         "task": task.lower(), "robot": robot.lower(), "control": control,
-        "policy": "expert" if policy is None else policy.model, "adapter": None if policy is None else policy.adapter,
+        **({"policy": "expert", "adapter": None} if policy is None else policy.describe()),
         "episodes": episodes, "seeds": [seed, seed + episodes - 1],
         "success_rate": sum(r["success"] for r in ordered) / episodes,
         "mean_steps": float(np.mean([r["steps"] for r in ordered])),

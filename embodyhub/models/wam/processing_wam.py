@@ -264,9 +264,11 @@ class WamProcessor(ProcessorMixin):
         rel = torch.zeros(B, self.max_keypoints, self.max_arms, 3, dtype=torch.float64)
         for i in range(len(emb.arms)):
             rel[:, :, i] = (points - state[:, None, self.space[f"arm{i}.ee_pos"]]) * _RELATIVE_GOAL_SCALE
-        objects = points.reshape(B, -1, n, 3)
-        shape = ((objects[:, :, 1:] - objects[:, :, :1]) * _SHAPE_SCALE).flatten(2).repeat_interleave(n, 1)
-        return _float32_range(torch.cat([points, rel.flatten(2), shape], -1), "the keypoint features").float()
+        parts = [points, rel.flatten(2)]
+        if n > 1:  # (no empty shape part: the exported graph's shape inference refuses a zero-width concat)
+            objects = points.reshape(B, -1, n, 3)
+            parts.append(((objects[:, :, 1:] - objects[:, :, :1]) * _SHAPE_SCALE).flatten(2).repeat_interleave(n, 1))
+        return _float32_range(torch.cat(parts, -1), "the keypoint features").float()
 
     def _flow_targets(
         self, observation: Mapping[str, Any], emb: Embodiment, state: Tensor, commanded: Tensor,
