@@ -280,8 +280,10 @@ def test_image_features_are_checked(tmp_path):
     info = json.loads((root / "meta/info.json").read_text())
     video = {**info["features"][key], "dtype": "video"}
     (root / "meta/info.json").write_text(json.dumps({**info, "features": {**info["features"], key: video}}))
-    with pytest.raises(DatasetError, match="video features are not supported"):
+    with pytest.raises(DatasetError, match="video features need a 'video_path' template, got None"):
         load_dataset(root)
+    with pytest.raises(DatasetError, match="video features are only read"):
+        write_dataset(tmp_path / "video", good, 10, None, features={"observation.state": info["features"]["observation.state"], key: video})
     wrong = {**info["features"][key], "shape": [12, 7, 3]}
     (root / "meta/info.json").write_text(json.dumps({**info, "features": {**info["features"], key: wrong}}))
     with pytest.raises(DatasetError, match=r"\[10, 7, 3\] does not match the feature shape \[12, 7, 3\]"):

@@ -1,4 +1,4 @@
-"""LeRobot v3.0 datasets: a writer and a validating, in-memory reader for scalar, vector and image features.
+"""LeRobot v3.0 datasets: a writer and a validating, in-memory reader for scalar, vector, image and video features.
 
 Layout (the one ``lerobot`` reads and writes for codebase version v3.0)::
 
@@ -8,6 +8,7 @@ Layout (the one ``lerobot`` reads and writes for codebase version v3.0)::
     meta/episodes/chunk-000/file-000.parquet     one row per episode: tasks, length, frame range,
                                                  data file, per-episode stats ("stats/<feature>/<stat>")
     data/chunk-000/file-000.parquet              one row per frame; many episodes per file
+    videos/<camera>/chunk-000/file-000.mp4       video features only: many episodes per file, one after another
 
 Episodes are never split across data files; a file is closed once it holds about
 ``data_files_size_in_mb`` and a chunk folder holds ``chunks_size`` files. Vector features are
@@ -17,8 +18,12 @@ fixed-size lists; every frame also carries ``timestamp``, ``frame_index``, ``epi
 Camera frames are LeRobot ``"image"`` features (shape ``[height, width, channels]``): each frame is a
 PNG inside the data parquet, as the Hugging Face ``Image`` struct ``{bytes, path}`` that LeRobot
 writes and reads. PNG is lossless, so a frame reads back bit for bit. Their statistics are per
-channel in [0, 1] with shape ``[C, 1, 1]``, as LeRobot computes them. ``"video"`` features (MP4) are
-refused with a clear error.
+channel in [0, 1] with shape ``[C, 1, 1]``, as LeRobot computes them.
+
+``"video"`` features (LeRobot's default for cameras: MP4, AV1 by default) are read, not written. Each
+episode's frames lie in ``video_path`` between its ``videos/<camera>/from_timestamp`` and ``to_timestamp``;
+they are decoded with PyAV (imported only when a video frame is read) as LeRobot does: the frame nearest
+each frame's ``from_timestamp + timestamp``, within 1e-4 s.
 """
 
 from __future__ import annotations
@@ -61,8 +66,11 @@ DEFAULT_FEATURES: dict[str, dict[str, Any]] = {
 }
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 _DTYPES = {"float32", "float64", "int32", "int64", "bool"}
+_CAMERA_DTYPES = ("image", "video")
 IMAGE_NAMES = ["height", "width", "channels"]
 _IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # Hugging Face datasets' Image()
+VIDEO_TOLERANCE_S = 1e-4  # LeRobotDataset's tolerance_s: a frame's video timestamp must lie this close
+_VIDEO_COLUMNS = ("chunk_index", "file_index", "from_timestamp")  # per video feature: "videos/<camera>/<column>"
 _REQUIRED_INFO = ("fps", "features", "total_episodes", "total_frames", "total_tasks", "data_path")
 _EPISODE_COLUMNS = (
     "episode_index", "tasks", "length", "dataset_from_index", "dataset_to_index", "data/chunk_index", "data/file_index"
@@ -90,11 +98,9 @@ def _check_feature(key: str, spec: Mapping[str, Any]) -> None:
     if "/" in key:
         raise DatasetError(f"feature name '{key}' must not contain '/'")
     dtype, shape = spec.get("dtype"), spec.get("shape")
-    if dtype == "video":
-        raise DatasetError(f"feature '{key}': video features are not supported; store camera frames as 'image' features")
-    if dtype == "image":
+    if dtype in _CAMERA_DTYPES:
         if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(isinstance(n, int) and n >= 1 for n in shape)):
-            raise DatasetError(f"feature '{key}': image shape must be [height, width, channels], got {shape!r}")
+            raise DatasetError(f"feature '{key}': {dtype} shape must be [height, width, channels], got {shape!r}")
         return
     if dtype not in _DTYPES:
         raise DatasetError(f"feature '{key}': dtype {dtype!r} is not one of {sorted(_DTYPES)}")
@@ -208,6 +214,9 @@ def _episode_arrays(
             raise DatasetError(f"features {sorted(features)} do not match the episode keys {keys}")
     for k in keys:
         _check_feature(k, features[k])
+        if features[k]["dtype"] == "video":
+            raise DatasetError(f"feature '{k}': camera frames are written as 'image' features (PNG); "
+                               "video features are only read")
         features[k]["shape"] = list(features[k]["shape"])
         features[k].setdefault("names", None)
         for e, data in enumerate(arrays):
@@ -421,6 +430,45 @@ def _decode_image(data: bytes, spec: Mapping[str, Any], where: str) -> Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous().float().div(255)
 
 
+def _decode_video(path: Path, timestamps: Sequence[float], spec: Mapping[str, Any], where: str) -> Tensor:
+    """The frames of the video at ``path`` nearest each of ``timestamps`` (seconds) -> float32 ``[T, C, H, W]`` in
+    [0, 1], as LeRobot's PyAV backend decodes them: seek to the keyframe before the first, decode up to the last,
+    take the nearest frame, which must lie within ``VIDEO_TOLERANCE_S``."""
+    try:
+        import av
+    except ImportError as exc:
+        raise DatasetError(f"{where}: video features are decoded with PyAV; install it (pip install av)") from exc
+    first, last = min(timestamps), max(timestamps)
+    times, frames = [], []
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            container.seek(int(first / stream.time_base), stream=stream, backward=True)
+            for frame in container.decode(stream):
+                times.append(frame.time)
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if frame.time >= last:
+                    break
+    except (av.error.FFmpegError, IndexError, TypeError) as exc:  # no video stream, a frame without a time
+        raise DatasetError(f"{where}: cannot decode {path} ({type(exc).__name__}: {exc})") from exc
+    if not frames:
+        raise DatasetError(f"{where}: {path} has no frames from {first:.4f} s on")
+    gap = np.abs(np.asarray(timestamps)[:, None] - np.asarray(times)[None])
+    nearest = gap.argmin(1)
+    late = gap[np.arange(len(timestamps)), nearest] >= VIDEO_TOLERANCE_S
+    if late.any():
+        raise DatasetError(
+            f"{where}: {path} has no frame within {VIDEO_TOLERANCE_S} s of timestamp {np.asarray(timestamps)[late][0]:.4f} s "
+            f"(decoded {times[0]:.4f} to {times[-1]:.4f} s)"
+        )
+    array = np.stack([frames[j] for j in nearest])
+    if list(spec["shape"]) not in (list(array.shape[1:]), [array.shape[3], *array.shape[1:3]]):
+        raise DatasetError(
+            f"{where}: frames of [height, width, channels] {list(array.shape[1:])} do not match the feature shape {spec['shape']}"
+        )
+    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous().float().div(255)
+
+
 def _valid_fps(fps: Any) -> bool:
     """A positive finite number (JSON's ``true`` and ``Infinity`` are not)."""
     return isinstance(fps, (int, float)) and not isinstance(fps, bool) and math.isfinite(fps) and fps > 0
@@ -430,10 +478,10 @@ class LeRobotDataset(torch.utils.data.Dataset):
     """A LeRobot v3.0 dataset held in memory as torch tensors; validated on load.
 
     ``ds[i]`` is frame ``i`` (a dict of tensors plus its ``"task"`` string); ``ds.episode(k)``
-    stacks episode ``k`` as ``[T, ...]`` tensors. Image features come back as float32 ``[C, H, W]``
-    in [0, 1] (``[T, C, H, W]`` per episode), as LeRobot returns them; they are held encoded and
-    decoded on access. ``info``, ``stats`` (tensors), ``tasks`` (task -> task_index) and
-    ``episodes`` (one metadata dict per episode) mirror ``meta/``.
+    stacks episode ``k`` as ``[T, ...]`` tensors. Image and video features come back as float32
+    ``[C, H, W]`` in [0, 1] (``[T, C, H, W]`` per episode), as LeRobot returns them; they are held
+    encoded (videos: on disk) and decoded on access, a video an episode at a time. ``info``, ``stats``
+    (tensors), ``tasks`` (task -> task_index) and ``episodes`` (one metadata dict per episode) mirror ``meta/``.
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
@@ -445,7 +493,9 @@ class LeRobotDataset(torch.utils.data.Dataset):
         self.tasks = self._load_tasks()
         self._task_names = {i: t for t, i in self.tasks.items()}
         self.episodes = self._load_episodes()
-        self._images: dict[str, list[bytes]] = {}
+        self._images: dict[str, list[bytes]] = {}  # per image feature: every frame's PNG
+        self._videos: dict[str, list[Path]] = {}  # per video feature: each episode's file
+        self._decoded: dict[str, tuple[int, Tensor]] = {}  # per video feature: the last episode decoded
         self._data = self._load_frames()
 
     # ---------------------------------------------------------------- loading and validation
@@ -476,6 +526,8 @@ class LeRobotDataset(torch.utils.data.Dataset):
             _check_feature(key, spec)
         if not _valid_fps(info["fps"]):
             raise DatasetError(f"{path}: fps must be a positive finite number, got {info['fps']!r}")
+        if any(spec["dtype"] == "video" for spec in info["features"].values()) and not isinstance(info.get("video_path"), str):
+            raise DatasetError(f"{path}: video features need a 'video_path' template, got {info.get('video_path')!r}")
         return info
 
     def _load_stats(self) -> dict[str, dict[str, Tensor]]:
@@ -506,7 +558,9 @@ class LeRobotDataset(torch.utils.data.Dataset):
         if not paths:
             raise DatasetError(f"no episode metadata under {self.root / EPISODES_DIR}")
         rows = [row for p in paths for row in _read_table(p, "episode metadata").to_pylist()]
-        missing = [c for c in _EPISODE_COLUMNS if rows and c not in rows[0]]
+        videos = [k for k, spec in self.features.items() if spec["dtype"] == "video"]
+        columns = [*_EPISODE_COLUMNS, *(f"videos/{k}/{c}" for k in videos for c in _VIDEO_COLUMNS)]
+        missing = [c for c in columns if rows and c not in rows[0]]
         if missing:
             raise DatasetError(f"episode metadata under {self.root / EPISODES_DIR} lacks columns {missing}")
         if len(rows) != self.info["total_episodes"]:
@@ -529,20 +583,41 @@ class LeRobotDataset(torch.utils.data.Dataset):
             raise DatasetError(f"episodes cover {end} frames; info.json says total_frames={self.info['total_frames']}")
         return rows
 
+    def _file(self, template: str, **fields: Any) -> Path:
+        """The path that ``info[template]`` (``data_path``, ``video_path``) gives for ``fields``, inside the dataset."""
+        try:
+            path = self.root / self.info[template].format(**fields)
+        except (AttributeError, KeyError, IndexError, ValueError) as exc:
+            raise DatasetError(f"info.json {template} {self.info[template]!r} is malformed: {exc}") from exc
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise DatasetError(f"info.json {template} {self.info[template]!r} leads outside the dataset ({path})")
+        return path
+
+    def _video_files(self, key: str) -> list[Path]:
+        """Each episode's file of video feature ``key``, checked to exist (decoding waits for a frame's access)."""
+        paths = []
+        for row in self.episodes:
+            path = self._file("video_path", video_key=key, chunk_index=row[f"videos/{key}/chunk_index"],
+                              file_index=row[f"videos/{key}/file_index"])
+            start = row[f"videos/{key}/from_timestamp"]
+            if not path.is_file():
+                raise DatasetError(f"episode {row['episode_index']} '{key}': video file missing: {path}")
+            if not isinstance(start, (int, float)) or not math.isfinite(start) or start < 0:
+                raise DatasetError(f"episode {row['episode_index']} '{key}': from_timestamp must be a time >= 0, got {start!r}")
+            paths.append(path)
+        return paths
+
     def _load_frames(self) -> dict[str, Tensor]:
         files = list(dict.fromkeys((r["data/chunk_index"], r["data/file_index"]) for r in self.episodes))
         images = {k: spec for k, spec in self.features.items() if spec["dtype"] == "image"}
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in self.features if k not in images}
+        videos = [k for k, spec in self.features.items() if spec["dtype"] == "video"]  # not in the data files
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in self.features if k not in images and k not in videos}
         self._images = {k: [] for k in images}
+        self._videos = {k: self._video_files(k) for k in videos}
         for chunk, file in files:
-            try:
-                path = self.root / self.info["data_path"].format(chunk_index=chunk, file_index=file)
-            except (AttributeError, KeyError, IndexError, ValueError) as exc:
-                raise DatasetError(f"info.json data_path {self.info['data_path']!r} is malformed: {exc}") from exc
-            if not path.resolve().is_relative_to(self.root.resolve()):
-                raise DatasetError(f"info.json data_path {self.info['data_path']!r} leads outside the dataset ({path})")
+            path = self._file("data_path", chunk_index=chunk, file_index=file)
             table = _read_table(path, "data file")
-            missing = [k for k in self.features if k not in table.column_names]
+            missing = [k for k in self.features if k not in table.column_names and k not in videos]
             if missing:
                 raise DatasetError(f"{path} lacks feature columns {missing}")
             for k, spec in self.features.items():
@@ -551,7 +626,7 @@ class LeRobotDataset(torch.utils.data.Dataset):
                     frames = _image_bytes(table[k], where)
                     _decode_image(frames[0], spec, where)  # shape checked on one frame per file; the rest on access
                     self._images[k].extend(frames)
-                else:
+                elif k in parts:
                     parts[k].append(_to_numpy(table[k], spec, where))
         data = {k: torch.from_numpy(np.concatenate(v)) for k, v in parts.items()}
         n = self.info["total_frames"]
@@ -571,28 +646,49 @@ class LeRobotDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         if not -len(self) <= i < len(self):
             raise IndexError(f"frame {i} out of range for {len(self)} frames")
+        i %= len(self)
         item: dict[str, Any] = {k: v[i] for k, v in self._data.items()}
-        item.update({k: self._image(k, i % len(self)) for k in self._images})
+        item.update({k: self._image(k, i) for k in self._images})
+        if self._videos:
+            k = int(item["episode_index"])
+            item.update({key: self._video(key, k)[i - self.episodes[k]["dataset_from_index"]] for key in self._videos})
         item["task"] = self._task_names[int(item["task_index"])]
         return item
 
     def _image(self, key: str, i: int) -> Tensor:
         return _decode_image(self._images[key][i], self.features[key], f"{self.root} '{key}' frame {i}")
 
+    def _video(self, key: str, k: int) -> Tensor:
+        """Episode ``k``'s frames of video feature ``key``, ``[T, C, H, W]``; the last episode decoded is kept, so
+        reading an episode frame by frame decodes it once."""
+        if key not in self._decoded or self._decoded[key][0] != k:
+            row = self.episodes[k]
+            offset = row[f"videos/{key}/from_timestamp"]
+            timestamps = self._data["timestamp"][row["dataset_from_index"] : row["dataset_to_index"]].double() + offset
+            where = f"{self.root} '{key}' episode {k}"
+            self._decoded[key] = (k, _decode_video(self._videos[key][k], timestamps.tolist(), self.features[key], where))
+        return self._decoded[key][1]
+
     @property
     def num_episodes(self) -> int:
         return len(self.episodes)
 
-    def episode(self, k: int) -> dict[str, Any]:
-        """Episode ``k`` as ``[T, ...]`` tensors (a view of the loaded frames; images decoded to ``[T, C, H, W]``)
-        plus its ``"task"``."""
+    def episode(self, k: int, features: Sequence[str] | None = None) -> dict[str, Any]:
+        """Episode ``k`` as ``[T, ...]`` tensors (a view of the loaded frames; camera frames decoded to
+        ``[T, C, H, W]``) plus its ``"task"``: every feature, or only ``features`` (cameras left out are not
+        decoded)."""
         if not 0 <= k < self.num_episodes:
             raise IndexError(f"episode {k} out of range for {self.num_episodes} episodes")
+        keys = list(self.features if features is None else features)
+        unknown = [key for key in keys if key not in self.features]
+        if unknown:
+            raise KeyError(f"{self.root} has no features {unknown}")
         row = self.episodes[k]
         frames = slice(row["dataset_from_index"], row["dataset_to_index"])
-        item: dict[str, Any] = {key: v[frames] for key, v in self._data.items()}
+        item: dict[str, Any] = {key: self._data[key][frames] for key in keys if key in self._data}
         item.update({key: torch.stack([self._image(key, i) for i in range(frames.start, frames.stop)])
-                     for key in self._images})
+                     for key in keys if key in self._images})
+        item.update({key: self._video(key, k) for key in keys if key in self._videos})
         item["task"] = row["tasks"][0]
         return item
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..data import LeRobotDataset, generate, load_dataset
+from ..data.features import camera_feature
 from ..embodiment import Embodiment, load_robot
 from ..errors import RecipeError
 from ..models.wam import WamConfig, WamForActionPrediction, WamProcessor
@@ -62,16 +63,21 @@ class PretrainRecipe(Recipe):
             raise RecipeError(f"recipe source must be 'synthetic' or 'sim', got {self.source!r}")
 
 
-def chunk_samples(dataset: LeRobotDataset, chunk_length: int, episodes: int | None = None) -> dict[str, Any]:
+def chunk_samples(
+    dataset: LeRobotDataset, chunk_length: int, episodes: int | None = None, camera: str | None = None
+) -> dict[str, Any]:
     """Per frame of the first ``episodes`` (all if None), under the processor's observation names: ``state``,
     ``actions`` (the next ``chunk_length``, padded with the episode's last), ``future_state`` (the states after
-    each of them, padded with the last), and what the dataset has of ``goal``, ``environment_state`` (then
-    also ``future_environment_state``) and ``task`` (one string per frame)."""
+    each of them, padded with the last), what the dataset has of ``goal``, ``environment_state`` (then
+    also ``future_environment_state``) and ``task`` (one string per frame), and with ``camera`` (a camera
+    feature) its frames as ``pixel_values``. Other cameras are not decoded."""
     if episodes is not None and not 1 <= episodes <= dataset.num_episodes:
         raise ValueError(f"asked for {episodes} episodes; {dataset.root} holds {dataset.num_episodes}")
+    vectors = ("observation.state", "action", "observation.goal", "observation.environment_state")
+    read = [k for k in vectors if k in dataset.features]
     columns: dict[str, list[Any]] = {}
     for k in range(dataset.num_episodes if episodes is None else episodes):
-        ep = dataset.episode(k)
+        ep = dataset.episode(k, read + ([camera] if camera else []))
         T = ep["action"].shape[0]
         now = torch.arange(T)[:, None] + torch.arange(chunk_length)[None]
         parts = {"state": ep["observation.state"].double(), "actions": ep["action"].double()[now.clamp_max(T - 1)]}
@@ -82,6 +88,8 @@ def chunk_samples(dataset: LeRobotDataset, chunk_length: int, episodes: int | No
             points = ep["observation.environment_state"].double()
             parts["environment_state"] = points
             parts["future_environment_state"] = points[(now + 1).clamp_max(T - 1)]
+        if camera:
+            parts["pixel_values"] = ep[camera]
         for key, value in parts.items():
             columns.setdefault(key, []).append(value)
         columns.setdefault("task", []).extend([ep["task"]] * T)
@@ -162,7 +170,8 @@ def train(
     """AdamW with linear warm-up and cosine decay through ``accelerate``; returns the loss log.
 
     ``datasets`` maps a robot name (or any label, the robot then read from the dataset's ``robot_type``) to
-    its demos. ``parameters`` defaults to every parameter that requires grad (a LoRA-wrapped model: the
+    its demos; a model with image input (config ``image_size``) trains on each dataset's first camera.
+    ``parameters`` defaults to every parameter that requires grad (a LoRA-wrapped model: the
     adapter); ``episodes`` keeps only the first episodes of each dataset; ``time_budget_s`` stops
     after that many seconds of training (the schedule still spans ``steps``), and says so.
     """
@@ -171,9 +180,11 @@ def train(
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     gen = torch.Generator().manual_seed(seed)
+    image_size = getattr(model.config, "image_size", 0)
     batches = []
     for name, ds in datasets.items():
-        samples = chunk_samples(ds, processor.chunk_length, episodes)
+        camera = camera_feature(ds.features, image_size, ds.root) if image_size else None
+        samples = chunk_samples(ds, processor.chunk_length, episodes, camera)
         robot = name if name in processor.embodiments else ds.info.get("robot_type", name)
         batches.append(RobotBatches(processor, processor.resolve(robot), samples, gen))
     params = parameters if parameters is not None else [p for p in model.parameters() if p.requires_grad]
