@@ -51,7 +51,7 @@ def test_adapt_cli_trains_saves_and_reloads(recipe, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["adapt", "--base", str(base), "--robot", "ur5", "--recipe", str(recipe), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "adapter:" in printed and "of 4 episodes" in printed
+    assert "adapter:" in printed and "trained on 4 demos per task (4 episodes in the data)" in printed
     folder = out / "adapter" / "ur5"
     for name in ("adapter_config.json", "adapter_model.safetensors", "embodiment.json", "robot.urdf", "wam_base.json"):
         assert (folder / name).is_file(), name
