@@ -64,7 +64,7 @@ def test_adapt_env_collects_trains_and_evaluates_zero_shot_vs_adapter(v2_base, t
 
 def test_adapt_env_reuses_collected_data_full_finetunes_and_warns_below_zero_shot(v2_base, tmp_path, capsys, monkeypatch):
     import embodyhub.envs.sim as sim
-    from embodyhub.envs.sim import collect
+    from embodyhub.envs.sim import EVAL_SEED_BASE, ModelPolicy, SimEnv, collect
     from embodyhub.models.wam import WamProcessor
 
     data = collect(["lift"], "xarm7", 1, tmp_path / "data" / "xarm7-lift", progress=False)
@@ -88,6 +88,8 @@ def test_adapt_env_reuses_collected_data_full_finetunes_and_warns_below_zero_sho
         assert f"warning: {subject} succeeds less often than the base did zero-shot on the same evaluation seeds: lift (0% vs 50%)" in printed
         assert not (out / "data").exists()  # nothing collected
     assert "xarm7" in WamProcessor.from_pretrained(out / "model").embodiments  # --full-finetune: a whole model folder
+    env = SimEnv("lift", "xarm7")
+    assert ModelPolicy(str(out / "model")).build(env.embodiment, env.task.description)(env.reset(EVAL_SEED_BASE)).shape == (8,)
     assert json.loads((out / "eval.json").read_text())[1]["method"] == "full fine-tuning"
     rates["adapted"] = 0.5
     assert main(args) == 0
