@@ -301,14 +301,15 @@ def _bundle_dir(value: str, robots: Sequence[str]) -> str:
 
 def _report_sim_eval(rows: list[dict[str, Any]], out: Path, title: str) -> None:
     """``eval.json``, ``eval.png`` and a table of simulator evaluation rows (``evaluate_policy``)."""
-    from .envs.sim.report import plot_success
+    from .envs.sim.report import plot_success, row_label
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(rows, indent=2) + "\n")
     png = plot_success(rows, out / "eval.png", title)
-    print(f"{'robot':<10} {'task':<6} {'success':>8} {'mean steps':>11} {'CPU-s/ep':>9}")
+    width = max(10, *(len(row_label(r)) for r in rows))
+    print(f"{'robot':<{width}} {'task':<6} {'success':>8} {'mean steps':>11} {'CPU-s/ep':>9}")
     for r in rows:
-        print(f"{r['robot']:<10} {r['task']:<6} {r['success_rate']:>8.0%} {r['mean_steps']:>11.1f} {r['cpu_s_per_episode']:>9.2f}")
+        print(f"{row_label(r):<{width}} {r['task']:<6} {r['success_rate']:>8.0%} {r['mean_steps']:>11.1f} {r['cpu_s_per_episode']:>9.2f}")
     videos = [v for r in rows for v in r["videos"]]
     print(f"eval: {out / 'eval.json'} and {png}" + (f"; {len(videos)} rollout videos in {out / 'videos'}" if videos else ""))
 
@@ -359,55 +360,164 @@ def _base_config(base: str) -> dict[str, Any] | None:
     return json.loads(path.read_text())
 
 
+def _adapt_tasks(args: argparse.Namespace) -> list[str] | None:
+    """``adapt --env``: the robosuite tasks, checked with ``--robot`` (a simulator arm) before anything loads; None
+    without ``--env``."""
+    if not args.env:
+        return None
+    from .envs.sim import sim_robot, sim_task
+
+    urdf_options = [flag for flag, value in (("--arm", args.arm), ("--gripper", args.gripper), ("--name", args.name)) if value]
+    if urdf_options:
+        raise EmbodyHubError(f"{', '.join(urdf_options)} describe a URDF robot; with --env, --robot is a simulator arm")
+    tasks = [t.strip().lower() for t in args.env.split(",")]
+    for task in tasks:
+        sim_task(task)
+    sim_robot(args.robot)
+    return tasks
+
+
+def _adapt_data(data: str | None, robot: str, tasks: list[str] | None) -> list[Path]:
+    """``adapt --data``: the dataset folder, or with ``--env`` a folder holding one dataset per task named
+    ``ROBOT-TASK`` (the ``data/`` folder of an earlier ``adapt --env`` or ``train`` run); none without ``--data``."""
+    if data is None:
+        return []
+    path = Path(data)
+    if not path.is_dir():
+        raise EmbodyHubError(f"no dataset folder {data}: give a LeRobot v3 dataset folder, or leave --data out")
+    if tasks is None or (path / "meta" / "info.json").is_file():
+        return [path]
+    folders = [path / f"{robot}-{task}" for task in tasks]
+    missing = [f.name for f in folders if not (f / "meta" / "info.json").is_file()]
+    if missing:
+        raise EmbodyHubError(f"{data} is no LeRobot dataset and lacks {', '.join(missing)}: give a dataset of the arm's demos "
+                             f"(`embodyhub collect`) or the data/ folder of an earlier `embodyhub adapt --env` run")
+    return folders
+
+
 def _cmd_adapt(args: argparse.Namespace) -> int:
     base = _model_dir(args.base)  # the arguments first: a wrong path or link fails before the model loads
-    recipe_file = _recipe_path(args.recipe)
-    if args.data and not Path(args.data).is_dir():
-        raise EmbodyHubError(f"no dataset folder {args.data}: give a LeRobot v3 dataset folder, or leave --data out")
-    if args.data:
-        from .data import check_features, needed_features
+    tasks = _adapt_tasks(args)
+    recipe_file = _recipe_path(args.recipe or ("adapt_sim" if tasks else "adapt_lora"))
+    from .data import check_features, is_v2, needed_features
 
-        config = _base_config(base)
-        if config is not None:  # else adapt() checks once the model is loaded
-            check_features(args.data, needed_features(config))
-    emb = _embodiment_from_args(args)
+    config = _base_config(base) if tasks or args.data else None
+    if tasks and config is not None and not is_v2(config):
+        raise EmbodyHubError(f"{base} is a goal-reaching base: --env needs a base trained on the simulator "
+                             f"(`embodyhub train --recipe pretrain_sim`)")
+    data = _adapt_data(args.data, args.robot.lower(), tasks)
+    for folder in data if config is not None else ():  # else adapt() checks once the model is loaded
+        check_features(folder, needed_features(config))
+    if tasks:
+        from .envs.sim import sim_embodiment
+
+        emb = sim_embodiment(args.robot)
+    else:
+        emb = _embodiment_from_args(args)
+    import dataclasses
+
+    import yaml
     from transformers import AutoModel, AutoProcessor
 
     from .data import load_dataset
-    from .training import AdaptRecipe, adapt, evaluate_reach, prepare_data, save_adapter, trainable_share
+    from .training import AdaptRecipe, adapt, collect_sim, demos_per_task, evaluate_reach, prepare_data, save_adapter, trainable_share
     from .training.transfer import folder_bytes
 
-    recipe = AdaptRecipe.from_yaml(recipe_file, episodes=args.episodes, train_steps=args.steps)
+    recipe = AdaptRecipe.from_yaml(recipe_file, episodes=args.episodes, train_steps=args.steps, workers=args.workers, tasks=tasks)
     out = Path(args.out)
     model = AutoModel.from_pretrained(base).eval()
     processor = AutoProcessor.from_pretrained(base)
-    if args.data:
-        dataset = load_dataset(args.data)
+    if data:
+        datasets = {emb.name if len(data) == 1 else folder.name: load_dataset(folder) for folder in data}
+    elif tasks:
+        datasets = collect_sim(out / "data", [emb], tasks, recipe.episodes, recipe.workers, recipe.start_spread)
     else:
-        dataset = prepare_data(recipe, out / "data", robots=[emb], episodes=recipe.episodes)[emb.name]
-    used = min(recipe.episodes, dataset.num_episodes)
+        datasets = prepare_data(recipe, out / "data", robots=[emb], episodes=recipe.episodes)
+    if tasks and data:
+        _check_tasks(datasets, tasks, args.data)
+    used = demos_per_task(datasets, recipe.episodes)
+    method, subject = ("full fine-tuning", "the fine-tuned model") if args.full_finetune else ("LoRA", "the adapter")
+    reach_eval = recipe.eval_episodes and not tasks and not is_v2(model.config.to_dict())
     eval_args = (recipe.eval_episodes, recipe.eval_max_steps)
-    before = evaluate_reach(model, processor, [emb], *eval_args, goal_distance=recipe.goal_distance) if recipe.eval_episodes else None
-    model, log = adapt(model, processor, emb, dataset, recipe)
-    folder = save_adapter(model, emb, out / "adapter")
+    before = evaluate_reach(model, processor, [emb], *eval_args, goal_distance=recipe.goal_distance) if reach_eval else None
+    model, log = adapt(model, processor, emb, datasets, recipe, full_finetune=args.full_finetune)
+    if args.full_finetune:
+        folder = out / "model"
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+    else:
+        folder = save_adapter(model, emb, out / "adapter")
     (out / "adapt_log.json").write_text(json.dumps(log))
-    size = folder_bytes(folder)
+    (out / "adapt_recipe.yaml").write_text(yaml.safe_dump(dataclasses.asdict(recipe), sort_keys=False))
     print(
-        f"adapter: {folder} ({size / 1e6:.2f} MB, {trainable_share(model):.2%} of the parameters trained on "
-        f"{used} of {dataset.num_episodes} episodes, {log[-1]['seconds']:.0f} s)"
+        f"{'model' if args.full_finetune else 'adapter'}: {folder} ({folder_bytes(folder) / 1e6:.2f} MB, {trainable_share(model):.2%} of the "
+        f"parameters trained on {used} demos per task ({sum(ds.num_episodes for ds in datasets.values())} episodes in the data), "
+        f"{log[-1]['seconds']:.0f} s)"
     )
-    if before is not None:
+    if tasks and recipe.eval_episodes:
+        from .envs.sim import ModelPolicy
+
+        adapted = ModelPolicy(str(folder)) if args.full_finetune else ModelPolicy(base, str(folder))
+        _adapt_sim_eval(ModelPolicy(base), adapted, emb.name, tasks, recipe, out, method, subject, used)
+    elif before is not None:
         after = evaluate_reach(model, processor, [emb], *eval_args, goal_distance=recipe.goal_distance)
-        _report_eval({f"{emb.name} zero-shot": before[emb.name], f"{emb.name} LoRA": after[emb.name]}, out, "reach before/after LoRA",
-                     baselines=[f"{emb.name} zero-shot"])
+        _report_eval({f"{emb.name} zero-shot": before[emb.name], f"{emb.name} {method}": after[emb.name]}, out,
+                     f"reach before/after {method}", baselines=[f"{emb.name} zero-shot"])
         if after[emb.name]["success_rate"] < before[emb.name]["success_rate"]:
             # Cloning a slow, velocity-saturated demonstrator can do worse than the base (README, "Transfer").
+            grpo = f"--model {folder} --robot {emb.name}" if args.full_finetune else f"--adapter {folder}"
             print(
-                f"warning: the adapter reaches fewer targets than the base did zero-shot on the same goals "
+                f"warning: {subject} reaches fewer targets than the base did zero-shot on the same goals "
                 f"({after[emb.name]['success_rate']:.0%} vs {before[emb.name]['success_rate']:.0%}); post-train it on "
-                f"the task with `embodyhub grpo --adapter {folder}`, or keep the base for this robot"
+                f"the task with `embodyhub grpo {grpo}`, or keep the base for this robot"
             )
+    elif recipe.eval_episodes and not tasks:
+        print(f"reach evaluation skipped: {base} is a v2 base, not trained on kinematic reach; give --env TASKS to evaluate "
+              f"in the simulator")
+    _write_card(folder, base, out)
     return 0
+
+
+def _check_tasks(datasets: dict[str, Any], tasks: list[str], where: str) -> None:
+    """``adapt --env --data``: the data must hold demos of every task the adapter is evaluated on."""
+    from .envs.sim import sim_task
+
+    held = {task for ds in datasets.values() for task in ds.task_episodes}
+    lacking = [t for t in tasks if sim_task(t).description not in held]
+    if lacking:
+        raise EmbodyHubError(f"{where} holds no demos of {', '.join(lacking)} (it has: {', '.join(sorted(held))})")
+
+
+def _adapt_sim_eval(base: Any, adapted: Any, robot: str, tasks: list[str], recipe: Any, out: Path, method: str, subject: str,
+                    demos: int) -> None:
+    """``adapt --env``: the ``base`` policy zero-shot (baseline rows) and the ``adapted`` one (``ModelPolicy``), on
+    each task's evaluation seeds; warns where the adapted model does worse than the base."""
+    from .envs.sim import EVAL_SEED_BASE, evaluate_policy
+
+    rows = [
+        {**evaluate_policy(task, robot, recipe.eval_episodes, EVAL_SEED_BASE, recipe.workers, policy=policy), "method": label}
+        | ({"baseline": True} if policy is base else {})
+        for label, policy in (("zero-shot", base), (method, adapted)) for task in tasks
+    ]
+    _report_sim_eval(rows, out, f"{robot}: zero-shot vs {method} on {demos} demos per task ({recipe.eval_episodes} episodes each)")
+    worse = [f"{a['task']} ({a['success_rate']:.0%} vs {z['success_rate']:.0%})"
+             for z, a in zip(rows[: len(tasks)], rows[len(tasks):]) if a["success_rate"] < z["success_rate"]]
+    if worse:
+        print(f"warning: {subject} succeeds less often than the base "
+              f"did zero-shot on the same evaluation seeds: {', '.join(worse)}; train on more demos (--episodes) or longer "
+              f"(--steps), or keep the base for this robot")
+
+
+def _write_card(folder: Path, base: str, out: Path) -> None:
+    """The saved folder's ``README.md``: its model card (robot card and sha256, recipe, evaluation with the command
+    that reruns it) as ``embodyhub push`` renders it, with the local paths in place of Hub ids."""
+    from .hub import render_card
+    from .hub.cards import EVAL_FILE
+
+    evaluation = out / EVAL_FILE
+    card = render_card(folder, str(folder), base_model=base, eval_path=evaluation if evaluation.is_file() else None,
+                       recipe_path=out / "adapt_recipe.yaml")
+    (folder / "README.md").write_text(card.text)
 
 
 def _cmd_grpo(args: argparse.Namespace) -> int:
@@ -638,11 +748,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gripper", action="append", help="gripper joint of a URDF robot (repeatable, one per arm)")
     p.add_argument("--control-hz", type=float, default=30.0, help="control rate of a URDF robot")
     p.add_argument("--name", help="name of a URDF robot (default: the URDF's robot name); also the adapter's name")
-    p.add_argument("--data", help="LeRobot v3 dataset of the robot (default: generate synthetic demos)")
-    p.add_argument("--recipe", default="adapt_lora", help="recipe YAML (or a bundled recipe name)")
-    p.add_argument("--episodes", type=int, help="override the number of demos")
+    p.add_argument("--env", help="robosuite task(s), comma-separated: lift, stack, can. --robot is then a simulator arm "
+                                 "(e.g. the held-out xarm7, jaco), demos come from the scripted expert (or --data) and the "
+                                 "evaluation runs in the simulator, zero-shot vs adapted")
+    p.add_argument("--data", help="LeRobot v3 dataset of the robot (default: generate synthetic demos; with --env: collect "
+                                  "expert demos into OUT/data); with --env also a folder of ROBOT-TASK datasets (an earlier OUT/data)")
+    p.add_argument("--recipe", help="recipe YAML (or a bundled recipe name; default: adapt_lora, adapt_sim with --env)")
+    p.add_argument("--episodes", type=int, help="override the number of demos (per task)")
     p.add_argument("--steps", type=int, help="override train_steps")
-    p.add_argument("--out", required=True, help="output folder: adapter/, adapt_log.json, eval.json, eval.png")
+    p.add_argument("--workers", type=int, help="with --env: simulator processes collecting and evaluating (default: the recipe's)")
+    p.add_argument("--full-finetune", action="store_true",
+                   help="train every weight instead of a LoRA adapter (at the recipe's full_learning_rate), the baseline LoRA is "
+                        "measured against: writes OUT/model")
+    p.add_argument("--out", required=True, help="output folder: adapter/ (or model/), adapt_log.json, adapt_recipe.yaml, eval.json, eval.png")
     p.set_defaults(func=_cmd_adapt)
 
     p = sub.add_parser("eval", help="closed-loop reach success of a saved WAM per robot")

@@ -58,3 +58,18 @@ def check_saved_figures(monkeypatch):
         return [path for path, _ in saved]
 
     return check
+
+
+@pytest.fixture(scope="module")
+def tiny_sim_model(tmp_path_factory):
+    """A tiny, untrained v2 model built the way ``pretrain_sim`` builds its base (panda; lift and stack), saved:
+    ``(model, processor, folder)``. Needs robosuite (the test module skips without it)."""
+    from embodyhub.training import PretrainRecipe, build
+
+    recipe = PretrainRecipe(robots=["panda"], source="sim", tasks=["lift", "stack"], processor={"chunk_length": 4},
+                            model={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64})
+    model, processor = build(recipe)
+    folder = tmp_path_factory.mktemp("v2") / "model"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return model, processor, folder

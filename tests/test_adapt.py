@@ -16,7 +16,7 @@ from embodyhub.embodiment.registry import robot_dir
 from embodyhub.errors import EmbodimentMismatchError
 from embodyhub.pretrained import tiny_base
 from embodyhub.models.wam import WamConfig, WamForActionPrediction, WamProcessor
-from embodyhub.training import AdaptRecipe, adapt, load_adapter
+from embodyhub.training import AdaptRecipe, adapt, chunk_samples, demos_per_task, load_adapter
 from embodyhub.envs import ReachEnv
 from embodyhub.training.transfer import expert_policy, format_table, transfer_benchmark
 
@@ -51,7 +51,7 @@ def test_adapt_cli_trains_saves_and_reloads(recipe, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["adapt", "--base", str(base), "--robot", "ur5", "--recipe", str(recipe), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "adapter:" in printed and "of 4 episodes" in printed
+    assert "adapter:" in printed and "trained on 4 demos per task (4 episodes in the data)" in printed
     folder = out / "adapter" / "ur5"
     for name in ("adapter_config.json", "adapter_model.safetensors", "embodiment.json", "robot.urdf", "wam_base.json"):
         assert (folder / name).is_file(), name
@@ -106,6 +106,20 @@ def test_adapt_urdf_robot_needs_its_arms(base, recipe, tmp_path, capsys):
     assert main(args + ["--arm", "base_link:tool0", "--control-hz", "50", "--steps", "2"]) == 0
     card = json.loads((tmp_path / "u" / "adapter" / "ur5" / "embodiment.json").read_text())
     assert card["urdf_sha256"] == load_robot("ur5").urdf_sha256
+
+
+def test_the_first_demos_of_each_task_of_a_multi_task_dataset_train(tmp_path):
+    """``--episodes N`` means N demos per task, also where one dataset holds several tasks (`embodyhub collect --env
+    lift,stack` writes one task after the other)."""
+    generate(["panda"], tmp_path / "d", episodes_per_robot=4, tasks=["reach", "trace"], steps_per_episode=8, progress=False)
+    ds = load_dataset(tmp_path / "d" / "panda")
+    per_task = ds.task_episodes
+    assert list(per_task.values()) == [[0, 1], [2, 3]]
+    samples = chunk_samples(ds, 2, episodes=1)
+    assert samples["task"] == [ds.episode(0)["task"]] * len(ds.episode(0)["action"]) + [ds.episode(2)["task"]] * len(ds.episode(2)["action"])
+    assert demos_per_task(ds, 5) == 2 and demos_per_task({"a": ds}, 1) == 1
+    with pytest.raises(ValueError, match="asked for 3 episodes per task"):
+        chunk_samples(ds, 2, episodes=3)
 
 
 def test_demos_of_another_robot_are_refused(base, tmp_path):

@@ -165,6 +165,25 @@ def test_cards_of_the_three_kinds_parse_and_validate(tmp_path):
         render_card(adapter, "org/panda-lora")
 
 
+def test_adapter_card_of_a_simulator_adaptation_reports_its_own_rows_and_reruns_them_on_the_base(tmp_path):
+    """`embodyhub adapt --env` writes RUN/adapter/ROBOT and RUN/eval.json with the base's zero-shot rows as baselines
+    beside the adapter's, for the same robot and task."""
+    model, _ = tiny_base(tmp_path / "base")
+    adapter = save_adapter(attach_adapter(model, load_robot("panda"), lora_config(r=2)), load_robot("panda"), tmp_path / "run" / "adapter")
+    row = {"task": "lift", "robot": "panda", "control": "joint", "policy": "runs/sim/model", "episodes": 50,
+           "seeds": [1_000_000, 1_000_049], "mean_steps": 80.0}
+    rows = [{**row, "adapter": None, "method": "zero-shot", "baseline": True, "success_rate": 0.4},
+            {**row, "adapter": str(adapter), "method": "LoRA", "success_rate": 0.9}]
+    (tmp_path / "run" / "eval.json").write_text(json.dumps(rows))
+    assert find_eval(adapter) == tmp_path / "run" / "eval.json"
+    card = ModelCard(render_card(adapter, "org/panda-lora", base_model="org/wam-sim", eval_path=find_eval(adapter)).text)
+    assert [(r.dataset_config, r.metric_value) for r in card.data.eval_results] == [("panda", 0.9)]
+    assert "| panda | lift | zero-shot (baseline: not this model) | joint | 50 (1000000-1000049) | 40.0% |" in card.text
+    assert "| panda | lift | LoRA | joint | 50 (1000000-1000049) | 90.0% |" in card.text
+    assert ("`embodyhub eval --env lift --robot panda --model org/wam-sim --adapter org/panda-lora --control joint --episodes 50 "
+            "--seed 1000000`") in card.text
+
+
 def test_push_dry_run_lists_files_and_card_without_network(tmp_path, capsys):
     tiny_base(tmp_path / "model")
     (tmp_path / "eval.json").write_text(json.dumps(EVAL))  # found beside the folder, like `embodyhub train --out`

@@ -386,20 +386,6 @@ def lift_demos(tmp_path_factory):
     return load_dataset(collect(["lift"], "panda", 1, tmp_path_factory.mktemp("v2") / "panda-lift", progress=False))
 
 
-@pytest.fixture(scope="module")
-def tiny_sim_model(tmp_path_factory):
-    """A tiny, untrained v2 model built the way ``pretrain_sim`` builds its base, saved."""
-    from embodyhub.training import PretrainRecipe, build
-
-    recipe = PretrainRecipe(robots=["panda"], source="sim", tasks=["lift", "stack"], processor={"chunk_length": 4},
-                            model={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64})
-    model, processor = build(recipe)
-    folder = tmp_path_factory.mktemp("v2") / "model"
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return model, processor, folder
-
-
 def test_chunk_samples_of_a_collected_dataset_feed_keypoints_task_and_flow(lift_demos, tiny_sim_model) -> None:
     from embodyhub.training import chunk_samples, train
 

@@ -11,6 +11,7 @@ __all__ = [
     "TASK_TEXT",
     "check_features",
     "generate",
+    "is_v2",
     "load_dataset",
     "needed_features",
     "write_dataset",
@@ -21,6 +22,7 @@ __getattr__, __dir__ = lazy_exports(
     {
         "DatasetError": "..errors",
         "check_features": ".features",
+        "is_v2": ".features",
         "needed_features": ".features",
         "CODEBASE_VERSION": ".lerobot",
         "LeRobotDataset": ".lerobot",

@@ -18,9 +18,15 @@ V2_FEATURES = ("observation.state", "action")
 CAMERA = "observation.images.*"  # a model with image input (config image_size > 0) reads the first camera
 
 
+def is_v2(config: Mapping[str, Any]) -> bool:
+    """Whether a model with this ``config.json`` content is a v2 one (object keypoints and/or task words in, like the
+    simulator base) rather than a goal-reaching one."""
+    return bool(config.get("max_keypoints") or config.get("task_vocab_size"))
+
+
 def needed_features(config: Mapping[str, Any]) -> tuple[str, ...]:
     """The features a model with this ``config.json`` content cannot train without (``CAMERA``: any camera)."""
-    needed = V2_FEATURES if config.get("max_keypoints") or config.get("task_vocab_size") else DEMO_FEATURES
+    needed = V2_FEATURES if is_v2(config) else DEMO_FEATURES
     return needed + (CAMERA,) if config.get("image_size") else needed
 
 

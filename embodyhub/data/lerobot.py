@@ -673,6 +673,15 @@ class LeRobotDataset(torch.utils.data.Dataset):
     def num_episodes(self) -> int:
         return len(self.episodes)
 
+    @property
+    def task_episodes(self) -> dict[str, list[int]]:
+        """Episode indices per task (an episode's first task), in recorded order: what selecting the first N
+        demos of each task of a multi-task dataset needs."""
+        out: dict[str, list[int]] = {}
+        for k, row in enumerate(self.episodes):
+            out.setdefault(row["tasks"][0], []).append(k)
+        return out
+
     def episode(self, k: int, features: Sequence[str] | None = None) -> dict[str, Any]:
         """Episode ``k`` as ``[T, ...]`` tensors (a view of the loaded frames; camera frames decoded to
         ``[T, C, H, W]``) plus its ``"task"``: every feature, or only ``features`` (cameras left out are not

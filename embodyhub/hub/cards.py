@@ -81,8 +81,8 @@ SIM_EVAL_KEYS = ("task", "robot", "control", "policy", "episodes", "seeds", "suc
 def load_eval(path: str | os.PathLike | None) -> dict[str, dict[str, Any]]:
     """An ``eval.json`` of ``embodyhub eval``, by row name: the kinematic reach summary (``{robot: {episodes,
     success_rate, ...}}``) or the manipulation benchmark's list of per robot and task rows (``eval --env``),
-    named ``"<robot> <task>"``. A row with ``"baseline": true`` (``embodyhub adapt``'s zero-shot row) is a
-    comparison, not the published model's result."""
+    named ``"<robot> <task>"`` (``"<robot> <task> baseline"`` for a baseline row). A row with ``"baseline": true``
+    (``embodyhub adapt``'s zero-shot rows) is a comparison, not the published model's result."""
     if path is None:
         return {}
     data = json.loads(Path(path).read_text())
@@ -90,7 +90,7 @@ def load_eval(path: str | os.PathLike | None) -> dict[str, dict[str, Any]]:
         bad = [i for i, row in enumerate(data) if not isinstance(row, dict) or not all(k in row for k in SIM_EVAL_KEYS)]
         if bad:
             raise ValueError(f"{path}: rows {bad} lack some of {SIM_EVAL_KEYS}; expected the eval.json of `embodyhub eval --env`")
-        return {f"{row['robot']} {row['task']}": row for row in data}
+        return {f"{row['robot']} {row['task']}" + (" baseline" if row.get("baseline") else ""): row for row in data}
     required = ("episodes", "success_rate", "pos_err", "rot_err", "steps")
     bad = [name for name, row in data.items() if not all(k in row for k in required)]
     if bad:
@@ -121,12 +121,17 @@ def eval_results(results: dict[str, dict[str, Any]]) -> list[EvalResult]:
     return out
 
 
-def sim_eval_command(rows: list[dict[str, Any]], repo_id: str) -> str:
-    """The ``embodyhub eval`` line that reruns the manipulation rows of a card (same episodes and seeds)."""
+def sim_eval_command(rows: list[dict[str, Any]], repo_id: str, kind: CardKind = "base", base_model: str | None = None) -> str:
+    """The ``embodyhub eval`` line that reruns the manipulation rows of a card (same episodes and seeds): the
+    model's own rows, not the baselines (an adapter's zero-shot rows: the same line without ``--adapter``)."""
+    rows = [r for r in rows if not r.get("baseline")] or rows
     tasks = ",".join(dict.fromkeys(r["task"] for r in rows))
     robots = " ".join(f"--robot {r}" for r in dict.fromkeys(r["robot"] for r in rows))
     first = rows[0]
-    policy = "--policy expert" if first["policy"] == "expert" else f"--model {repo_id}"
+    if first["policy"] == "expert":
+        policy = "--policy expert"
+    else:
+        policy = f"--model {base_model} --adapter {repo_id}" if kind == "adapter" else f"--model {repo_id}"
     return (f"embodyhub eval --env {tasks} {robots} {policy} --control {first['control']} "
             f"--episodes {first['episodes']} --seed {first['seeds'][0]}")
 
@@ -212,7 +217,8 @@ def render_card(
         "card_location": {"base": "`embodiments/<robot>/embodiment.json`", "adapter": "`embodiment.json`", "export": "the bundle"}[kind],
         "eval_rows": [{"robot": k, **v} for k, v in results.items() if "task" not in v],
         "sim_rows": sim_rows,
-        "sim_command": sim_eval_command(sim_rows, repo_id) if sim_rows else None,
+        "sim_command": sim_eval_command(sim_rows, repo_id, kind, base_model) if sim_rows else None,
+        "sim_baselines": any(r.get("baseline") for r in sim_rows),
         "eval_plot": EVAL_PLOT if extra_files else None,
         "recipe": Path(recipe_path).read_text().strip() if recipe_path is not None else None,
     }

@@ -79,8 +79,11 @@ def scan_folder(folder: str | os.PathLike) -> tuple[dict[str, Path], list[str]]:
 
 def find_eval(folder: str | os.PathLike) -> Path | None:
     """The ``eval.json`` of a run: in the folder, or beside it (``embodyhub train --out RUN`` writes
-    ``RUN/model`` and ``RUN/eval.json``; ``embodyhub adapt`` writes ``RUN/adapter`` and ``RUN/eval.json``)."""
-    for candidate in (Path(folder) / EVAL_FILE, Path(folder).parent / EVAL_FILE):
+    ``RUN/model`` and ``RUN/eval.json``), or beside its ``adapter`` folder (``embodyhub adapt`` writes
+    ``RUN/adapter/ROBOT`` and ``RUN/eval.json``)."""
+    path = Path(folder)
+    adapter_run = [path.parent.parent / EVAL_FILE] if path.parent.name == "adapter" else []
+    for candidate in (path / EVAL_FILE, path.parent / EVAL_FILE, *adapter_run):
         if candidate.is_file():
             return candidate
     return None

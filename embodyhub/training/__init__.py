@@ -2,8 +2,8 @@
 
 from .evaluate import evaluate_reach, plot_results, wam_policy
 from .grpo import GrpoRecipe, WamGRPOTrainer, reach_prompts, run_grpo
-from .lora import AdaptRecipe, adapt, attach_adapter, load_adapter, lora_config, save_adapter, trainable_share
-from .pretrain import PretrainRecipe, build, chunk_samples, prepare_data, train
+from .lora import AdaptRecipe, adapt, attach_adapter, demos_per_task, load_adapter, lora_config, save_adapter, trainable_share
+from .pretrain import PretrainRecipe, build, chunk_samples, collect_sim, prepare_data, train
 from .rewards import ReachReward, WorldModelReward
 
 __all__ = [
@@ -17,6 +17,8 @@ __all__ = [
     "attach_adapter",
     "build",
     "chunk_samples",
+    "collect_sim",
+    "demos_per_task",
     "evaluate_reach",
     "load_adapter",
     "lora_config",

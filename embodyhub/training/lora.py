@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -71,10 +71,14 @@ def load_adapter(
 
 @dataclass
 class AdaptRecipe(Recipe):
-    """What ``embodyhub adapt`` reads from ``recipes/adapt_lora.yaml``."""
+    """What ``embodyhub adapt`` reads from ``recipes/adapt_lora.yaml`` (kinematic reach) or
+    ``recipes/adapt_sim.yaml`` (``--env``: the robosuite tasks, where ``workers`` simulator processes collect and
+    evaluate, and each demo starts ``start_spread`` metres around the arm's home as in pretraining)."""
 
-    episodes: int = 50  # demonstrations trained on (generated for the robot when no dataset is given)
+    episodes: int = 50  # demonstrations per task trained on (generated for the robot when no dataset is given)
     tasks: list[str] = field(default_factory=lambda: ["reach"])
+    workers: int = 1
+    start_spread: float = 0.0
     steps_per_episode: int = 30
     goal_distance: float | None = 0.3
     reach_profile: str = "proportional"
@@ -102,31 +106,41 @@ def check_dataset(dataset: LeRobotDataset, embodiment: Embodiment, needed: Seque
         raise EmbodimentMismatchError(f"{dataset.root}: states have {dof} values; '{embodiment.name}' has {embodiment.dof} joints")
 
 
+def demos_per_task(datasets: LeRobotDataset | Mapping[str, LeRobotDataset], wanted: int) -> int:
+    """How many demos of each task ``adapt`` trains on: ``wanted``, or fewer where a task of the data has fewer."""
+    many = datasets.values() if isinstance(datasets, Mapping) else [datasets]
+    return min([wanted, *(len(ids) for ds in many for ids in ds.task_episodes.values())])
+
+
 def adapt(
     model: WamForActionPrediction | PeftModel,
     processor: WamProcessor,
     embodiment: Embodiment,
-    dataset: LeRobotDataset,
+    dataset: LeRobotDataset | Mapping[str, LeRobotDataset],
     recipe: AdaptRecipe,
     full_finetune: bool = False,
     progress: bool = True,
 ) -> tuple[WamForActionPrediction | PeftModel, list[dict[str, float]]]:
-    """Train a LoRA adapter for ``embodiment`` on the first ``recipe.episodes`` demos of ``dataset``.
+    """Train a LoRA adapter for ``embodiment`` on the first ``recipe.episodes`` demos of each task of ``dataset``
+    (one dataset, or several by label such as ``collect_sim``'s one per task; ``demos_per_task``).
 
     ``full_finetune=True`` trains every weight of ``model`` instead, at ``recipe.full_learning_rate``: the
     baseline LoRA is measured against. The processor learns the robot's card so the result is saved with it.
     ``recipe.seed`` seeds the adapter's initial weights and the batches: the same recipe and data give the
     same adapter, whatever the caller's random state.
     """
-    check_dataset(dataset, embodiment, needed_features(model.config.to_dict()))
+    datasets = dict(dataset) if isinstance(dataset, Mapping) else {embodiment.name: dataset}
+    needed = needed_features(model.config.to_dict())
+    for ds in datasets.values():
+        check_dataset(ds, embodiment, needed)
     processor.add_embodiment(embodiment)
     torch.manual_seed(recipe.seed)  # peft draws the adapter's initial weights from the global generator
     if not full_finetune:
         model = attach_adapter(model, embodiment, lora_config(**recipe.lora))
     log = train(
-        model, processor, {embodiment.name: dataset}, recipe.train_steps, recipe.batch_size,
+        model, processor, datasets, recipe.train_steps, recipe.batch_size,
         recipe.full_learning_rate if full_finetune else recipe.learning_rate,
-        recipe.weight_decay, recipe.warmup_steps, recipe.seed, progress, episodes=min(recipe.episodes, dataset.num_episodes),
+        recipe.weight_decay, recipe.warmup_steps, recipe.seed, progress, episodes=demos_per_task(datasets, recipe.episodes),
     )
     return model, log
 

@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -66,17 +66,20 @@ class PretrainRecipe(Recipe):
 def chunk_samples(
     dataset: LeRobotDataset, chunk_length: int, episodes: int | None = None, camera: str | None = None
 ) -> dict[str, Any]:
-    """Per frame of the first ``episodes`` (all if None), under the processor's observation names: ``state``,
+    """Per frame of the first ``episodes`` of each task (all if None: one dataset may hold several tasks'
+    demos), under the processor's observation names: ``state``,
     ``actions`` (the next ``chunk_length``, padded with the episode's last), ``future_state`` (the states after
     each of them, padded with the last), what the dataset has of ``goal``, ``environment_state`` (then
     also ``future_environment_state``) and ``task`` (one string per frame), and with ``camera`` (a camera
     feature) its frames as ``pixel_values``. Other cameras are not decoded."""
-    if episodes is not None and not 1 <= episodes <= dataset.num_episodes:
-        raise ValueError(f"asked for {episodes} episodes; {dataset.root} holds {dataset.num_episodes}")
+    per_task = dataset.task_episodes
+    if episodes is not None and not 1 <= episodes <= min(len(ids) for ids in per_task.values()):
+        held = ", ".join(f"{len(ids)} of {task!r}" for task, ids in per_task.items())
+        raise ValueError(f"asked for {episodes} episodes per task; {dataset.root} holds {held}")
     vectors = ("observation.state", "action", "observation.goal", "observation.environment_state")
     read = [k for k in vectors if k in dataset.features]
     columns: dict[str, list[Any]] = {}
-    for k in range(dataset.num_episodes if episodes is None else episodes):
+    for k in sorted(k for ids in per_task.values() for k in ids[:episodes]):
         ep = dataset.episode(k, read + ([camera] if camera else []))
         T = ep["action"].shape[0]
         now = torch.arange(T)[:, None] + torch.arange(chunk_length)[None]
@@ -237,7 +240,8 @@ def prepare_data(
     (``episodes_per_task`` for sim).
     """
     if getattr(recipe, "source", "synthetic") == "sim":
-        return _collect_sim(recipe, data_dir, progress, robots, episodes)
+        return collect_sim(data_dir, recipe.robots if robots is None else robots, recipe.tasks,
+                           episodes or recipe.episodes_per_task, recipe.workers, recipe.start_spread, progress)
     robots = list(recipe.robots if robots is None else robots)
     names = [r if isinstance(r, str) else r.name for r in robots]
     missing = [r for r, n in zip(robots, names) if not (data_dir / n / "meta" / "info.json").is_file()]
@@ -256,27 +260,33 @@ def prepare_data(
     return {n: load_dataset(data_dir / n) for n in names}
 
 
-def _collect_sim(
-    recipe: PretrainRecipe, data_dir: Path, progress: bool, robots: list[str | Embodiment] | None, episodes: int | None
+def collect_sim(
+    data_dir: str | Path,
+    robots: Sequence[str | Embodiment],
+    tasks: Sequence[str],
+    episodes: int,
+    workers: int = 1,
+    start_spread: float = 0.0,
+    progress: bool = True,
 ) -> dict[str, LeRobotDataset]:
-    """Expert demos per simulator robot and task (``embodyhub.envs.sim.collect``: seeds from 0, resumable),
-    skipping a folder that already holds them."""
+    """Scripted-expert demos per simulator robot and task in ``data_dir/ROBOT-TASK`` (``embodyhub.envs.sim.collect``:
+    collection seeds from 0, never the evaluation seeds; resumable), by that name; a folder that already holds
+    ``episodes`` demos with the same ``start_spread`` is reused as is (pretraining and ``embodyhub adapt --env``
+    share this layout, so one collection serves several runs)."""
     from ..envs.sim import collect
 
-    episodes = episodes or recipe.episodes_per_task
     datasets = {}
-    for robot in recipe.robots if robots is None else robots:
+    for robot in robots:
         name = robot if isinstance(robot, str) else robot.name
-        for task in recipe.tasks:
+        for task in tasks:
             folder = Path(data_dir) / f"{name}-{task}"
             done = False
             if (folder / "meta" / "info.json").is_file():
                 have = load_dataset(folder)
                 recorded = (have.info.get("embodyhub") or {}).get("collection") or {}
                 # another spread is not skipped: collect refuses the folder with a clear error
-                done = have.num_episodes >= episodes and recorded.get("start_spread", 0.0) == recipe.start_spread
+                done = have.num_episodes >= episodes and recorded.get("start_spread", 0.0) == start_spread
             if not done:
-                collect([task], name, episodes, folder, workers=recipe.workers, progress=progress,
-                        start_spread=recipe.start_spread)
+                collect([task], name, episodes, folder, workers=workers, progress=progress, start_spread=start_spread)
             datasets[f"{name}-{task}"] = load_dataset(folder)
     return datasets
