@@ -280,13 +280,11 @@ def collect_sim(
         name = robot if isinstance(robot, str) else robot.name
         for task in tasks:
             folder = Path(data_dir) / f"{name}-{task}"
-            done = False
-            if (folder / "meta" / "info.json").is_file():
-                have = load_dataset(folder)
-                recorded = (have.info.get("embodyhub") or {}).get("collection") or {}
-                # another spread is not skipped: collect refuses the folder with a clear error
-                done = have.num_episodes >= episodes and recorded.get("start_spread", 0.0) == start_spread
-            if not done:
+            have = load_dataset(folder) if (folder / "meta" / "info.json").is_file() else None
+            recorded = ((have.info.get("embodyhub") or {}).get("collection") or {}) if have is not None else {}
+            # another spread is not skipped: collect refuses the folder with a clear error
+            if have is None or have.num_episodes < episodes or recorded.get("start_spread", 0.0) != start_spread:
                 collect([task], name, episodes, folder, workers=workers, progress=progress, start_spread=start_spread)
-            datasets[f"{name}-{task}"] = load_dataset(folder)
+                have = load_dataset(folder)
+            datasets[f"{name}-{task}"] = have
     return datasets

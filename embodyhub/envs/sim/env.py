@@ -32,9 +32,9 @@ from .robots import BASE_BODY, CONTROL_HZ, EE_SITE, sim_embodiment, sim_robot
 Control = Literal["joint", "osc"]
 TARGET_EXTENT = 0.05  # metres from a placement target's centre (a place, not a body) to each of its axis points
 OSC_POS_SCALE, OSC_ROT_SCALE = 0.05, 0.5  # robosuite OSC_POSE: action 1.0 = 5 cm, 1.0 = 0.5 rad
+POINTS_PER_OBJECT = 4  # keypoints per object: its centre, then one point on each of its axes
 # a start_spread s moves the start grip site by up to +-s in x and y and from -s/2 to +2s in z: arms' home poses
 # differ most in height (the grip site 0.07-0.32 m above the base across the six arms)
-POINTS_PER_OBJECT = 4  # keypoints per object: its centre, then one point on each of its axes
 START_BOX = np.array([[-1.0, -1.0, -0.5], [1.0, 1.0, 2.0]])
 
 
